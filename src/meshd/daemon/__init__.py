@@ -1,0 +1,1 @@
+"""The meshd daemon: lifecycle, discovery service, API handlers."""

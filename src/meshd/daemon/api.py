@@ -1,0 +1,212 @@
+"""Handlers of the Unix-socket API.  Each op takes a dict and returns JSON data.
+
+Ops: ping, status, agents, resolve, whoami, send, hook, resync, reload, log,
+inbox, stop.  Errors are MeshErrors; the transport turns them into
+``{"ok": false, "error": {...}}`` and the CLIs into exit codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from meshd import __version__
+from meshd.delivery import classify as cl
+from meshd.delivery.message import compose
+from meshd.delivery.service import SendOptions, deliver, new_message_id, snapshot
+from meshd.errors import MeshError, TransportError, UnknownAgent, UsageError
+from meshd.registry.fold import Entry
+from meshd.registry.views import entry_dict, iso
+from meshd.tmux.scan import PaneRow, scan
+
+if TYPE_CHECKING:
+    from meshd.daemon.app import Daemon
+
+Op = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class Api:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self.ops: dict[str, Op] = {
+            name: getattr(self, f"op_{name}") for name in (
+                "ping", "status", "agents", "resolve", "whoami", "send", "hook", "resync",
+                "reload", "log", "inbox", "stop")
+        }
+
+    async def handle(self, op: str, args: dict[str, Any]) -> Any:
+        fn = self.ops.get(op)
+        if fn is None:
+            raise UsageError(f"unknown API op {op!r}", hint=f"known: {', '.join(self.ops)}")
+        return await fn(args)
+
+    # -- reads -----------------------------------------------------------------------------
+    async def op_ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": __version__, "host": self.d.host}
+
+    async def op_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        d = self.d
+        assert d.journal is not None
+        return {
+            "host": d.host, "pid": os.getpid(), "version": __version__,
+            "generation": d.journal.generation, "uptime_s": round(time.time() - d.started, 1),
+            "started": iso(d.started), "socket": str(d.paths.socket), "home": str(d.paths.home),
+            "tmux_socket": str(d.tmux.socket or "default"),
+            "tmux_alive": await asyncio.to_thread(d.tmux.alive),
+            "agents_local": len(d.registry.of_host(d.host)),
+            "agents_total": len(d.registry.agents),
+            "hosts": sorted(d.registry.hosts),
+            "journal_events": await asyncio.to_thread(d.journal.count),
+            "lamport": d.journal.lamport,
+        }
+
+    async def op_agents(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        listing = self.d.registry.listing()
+        first = listing[0].agent.id if listing else None
+        out = [entry_dict(x, x.agent.id == first) for x in listing]
+        states = await asyncio.to_thread(self._states, [x for x in listing
+                                                        if x.agent.host == self.d.host])
+        for item in out:
+            item["state"] = states.get(item["id"], "unreachable")
+        return out
+
+    def _states(self, entries: list[Entry]) -> dict[str, str]:
+        rows = {r.pane_id: r for r in scan(self.d.tmux)}
+        out = {}
+        for x in entries:
+            row = rows.get(x.agent.pane_id)
+            if row is None or row.pane_pid != x.agent.pane_pid:
+                out[x.agent.id] = "gone"
+                continue
+            try:
+                out[x.agent.id] = cl.classify(snapshot(self.d.tmux, row, x.agent.tool)).state.value
+            except MeshError:
+                out[x.agent.id] = "unknown"
+        return out
+
+    def _resolve(self, address: str) -> Entry:
+        entry = self.d.registry.resolve(address, time.time(), self.d.cfg.discovery.alias_ttl_s)
+        if entry is None:
+            known = ", ".join(sorted(x.agent.address for x in self.d.registry.agents.values()))
+            raise UnknownAgent(f"unknown agent {address!r}",
+                               hint=f"known agents: {known or 'none'} (see `mesh agents`)")
+        return entry
+
+    async def op_resolve(self, args: dict[str, Any]) -> dict[str, Any]:
+        return entry_dict(self._resolve(str(args.get("address", ""))))
+
+    async def op_whoami(self, args: dict[str, Any]) -> dict[str, Any]:
+        x = self._sender_entry(args)
+        if x is None:
+            raise UnknownAgent("this shell is not in a tmux pane that meshd knows",
+                               hint="run it inside a tmux pane of the server meshd watches")
+        return entry_dict(x)
+
+    def _sender_entry(self, args: dict[str, Any]) -> Entry | None:
+        pane = str(args.get("sender_pane") or "")
+        sock = str(args.get("sender_socket") or "")
+        if not pane or not _same_socket(sock, self.d.tmux.socket):
+            return None
+        return next((x for x in self.d.registry.of_host(self.d.host)
+                     if x.agent.pane_id == pane), None)
+
+    async def op_log(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self.d.journal is not None
+        kinds = tuple(str(k) for k in args.get("kinds", ()) or ())
+        events = await asyncio.to_thread(self.d.journal.tail, int(args.get("n", 50)), kinds)
+        return [e.to_dict() for e in events]
+
+    async def op_inbox(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self.d.journal is not None
+        events = await asyncio.to_thread(self.d.journal.tail, int(args.get("n", 1000)),
+                                         ("msg.delivered", "msg.refused"))
+        addr = args.get("address")
+        if addr:
+            entry = self._resolve(str(addr))
+            names = {entry.agent.address, *entry.aliases}
+            events = [e for e in events if e.body.get("to") in names
+                      or e.body.get("to_id") == entry.agent.id]
+        return [e.to_dict() for e in events]
+
+    # -- writes ----------------------------------------------------------------------------
+    async def op_hook(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.d.want_scan()
+        return {"queued": True}
+
+    async def op_resync(self, args: dict[str, Any]) -> dict[str, Any]:
+        n = await self.d.scan()
+        return {"changes": n, "agents_local": len(self.d.registry.of_host(self.d.host))}
+
+    async def op_reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not self.d.reload():
+            raise MeshError("config.toml is invalid; the running config was kept "
+                            "(see the daemon log or `mesh config check`)")
+        return {"reloaded": True}
+
+    async def op_stop(self, args: dict[str, Any]) -> dict[str, Any]:
+        asyncio.get_running_loop().call_soon(self.d.stop)
+        return {"stopping": True, "pid": os.getpid()}
+
+    async def op_send(self, args: dict[str, Any]) -> dict[str, Any]:
+        d = self.d
+        entry = self._resolve(str(args.get("to", "")))
+        if entry.agent.host != d.host:
+            raise TransportError(f"{entry.agent.address} lives on host {entry.agent.host}, "
+                                 "which this meshd has no link to")
+        sender_entry = self._sender_entry(args)
+        sender = sender_entry.agent.address if sender_entry else str(args.get("sender") or "?")
+        now = time.time()
+        text = compose(sender, str(args.get("text", "")), now, file_path=args.get("file"))
+        if len(text.encode()) > d.cfg.delivery.max_message_bytes:
+            raise UsageError(f"message is {len(text.encode())} bytes, over the "
+                             f"{d.cfg.delivery.max_message_bytes}-byte limit",
+                             hint="send it as a file with --file, or raise "
+                                  "delivery.max_message_bytes")
+        opts = send_options(d.cfg, args)
+        mid = str(args.get("message_id") or new_message_id())
+        base = {"id": mid, "from": sender, "to": entry.agent.address, "to_id": entry.agent.id,
+                "pane": entry.agent.pane_id, "bytes": len(text.encode()),
+                "file": args.get("file")}
+        try:
+            row = await asyncio.to_thread(self._row_of, entry)
+            receipt = await asyncio.to_thread(deliver, d.tmux, row, entry.agent.tool, text, opts,
+                                              d.paths.state_dir / "panes", mid)
+        except MeshError as exc:
+            await d.record("msg.refused", {**base, "reason": exc.message, "code": exc.code})
+            raise
+        await d.record("msg.delivered", {**base, "state": receipt.state,
+                                         "submitted": receipt.submitted,
+                                         "enters": receipt.enters})
+        return {**receipt.to_dict(), "to": entry.agent.address, "from": sender}
+
+    def _row_of(self, entry: Entry) -> PaneRow:
+        rows = scan(self.d.tmux, entry.agent.pane_id)
+        if not rows or rows[0].pane_pid != entry.agent.pane_pid:
+            self.d.want_scan()
+            raise TransportError(f"{entry.agent.address}: its pane {entry.agent.pane_id} is "
+                                 "gone or was replaced; nothing was sent",
+                                 hint="check `mesh agents`")
+        return rows[0]
+
+
+def send_options(cfg: Any, args: dict[str, Any]) -> SendOptions:
+    return SendOptions(
+        force=bool(args.get("force")), force_dialog=bool(args.get("force_dialog")),
+        wait_s=float(args.get("wait_s") or 0.0),
+        enter_delay_s=cfg.delivery.enter_delay_ms / 1000,
+        verify_timeout_s=cfg.delivery.verify_timeout_ms / 1000,
+        enter_retries=cfg.delivery.enter_retries)
+
+
+def _same_socket(caller: str, ours: Path | None) -> bool:
+    if ours is None:
+        default = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / "default"
+        ours = default
+    try:
+        return not caller or os.path.realpath(caller) == os.path.realpath(ours)
+    except OSError:
+        return False

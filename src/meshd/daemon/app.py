@@ -1,0 +1,186 @@
+"""The daemon: one per user and host.
+
+Lifecycle (see docs/daemon.md):
+
+* start -- take the pid lock (a second daemon exits with a message), open the
+  journal, fold it, import events a degraded ``notify-pane`` left behind,
+  scan tmux, bind the Unix socket; "ready" is logged only after that;
+* run -- one root TaskGroup: the API server, the scan loop (tmux hooks and
+  ``mesh resync`` wake it; a safety-net timer too);
+* SIGHUP -- reload config.toml; a bad file is logged and the old config kept;
+* SIGTERM/SIGINT or ``mesh down`` -- stop accepting, cancel the loops, leave
+  within ``daemon.shutdown_timeout_s``.
+
+Every blocking call (tmux, psutil, SQLite, file writes) goes through
+``asyncio.to_thread``; the loop itself only folds events and routes requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from meshd import config as config_mod
+from meshd.config import Config
+from meshd.daemon import pending
+from meshd.daemon.discovery import Discovered, discover
+from meshd.daemon.pidlock import PidLock
+from meshd.errors import ConfigError, MeshError
+from meshd.files import atomic_write, dump_toml, remove_stale_temps
+from meshd.journal.event import Event
+from meshd.journal.store import Journal
+from meshd.paths import StatePaths
+from meshd.registry.fold import Agent, Registry, changes, fold
+from meshd.registry.views import render
+from meshd.tmux.runner import Tmux
+from meshd.transport import unix
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, paths: StatePaths, cfg: Config) -> None:
+        self.paths, self.cfg = paths, cfg
+        self.host = config_mod.host_name(cfg, paths)
+        self.tmux = Tmux.from_env(cfg.tmux.socket, cfg.tmux.command_timeout_s)
+        self.started = time.time()
+        self.registry = Registry()
+        self.last_scan: Discovered | None = None
+        self.journal: Journal | None = None
+        self._stop = asyncio.Event()
+        self._scan_wanted = asyncio.Event()
+        self._scan_lock = asyncio.Lock()
+        self._lock = PidLock(paths.pidfile)
+        from meshd.daemon.api import Api  # the API needs a constructed daemon
+        self.api = Api(self)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._lock.acquire()
+        try:
+            await self._start()
+            await self._serve()
+        finally:
+            if self.journal is not None:
+                self.journal.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.socket.unlink()
+            self._lock.release()
+
+    async def _start(self) -> None:
+        for d in (self.paths.home, self.paths.state_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+        await asyncio.to_thread(remove_stale_temps, self.paths.home)
+        self.journal = await asyncio.to_thread(
+            Journal, self.paths.journal, self.paths.audit, self.host)
+        self.registry = fold(await asyncio.to_thread(self.journal.all))
+        await self.record("host.seen", {"host": self.host, "generation": self.journal.generation,
+                                        "pid": os.getpid()})
+        imported = await asyncio.to_thread(pending.drain, self.paths, self.journal)
+        if imported:
+            log.info("imported %d events recorded while meshd was down", imported)
+        await self.scan()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        server = await unix.serve(self.paths.socket, self.api.handle,
+                                  max_frame=self.cfg.daemon.max_request_bytes,
+                                  timeout_s=self.cfg.daemon.request_timeout_s)
+        log.info("meshd ready: host=%s pid=%d socket=%s", self.host, os.getpid(),
+                 self.paths.socket, extra={"host": self.host})
+        try:
+            async with asyncio.TaskGroup() as tg:
+                loops = [tg.create_task(self._scan_loop()), tg.create_task(self._rescan_timer())]
+                await self._stop.wait()
+                server.close()
+                for t in loops:
+                    t.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), self.cfg.daemon.shutdown_timeout_s)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        log.info("meshd stopped")
+
+    def stop(self) -> None:
+        log.info("stopping")
+        self._stop.set()
+
+    def reload(self) -> bool:
+        """SIGHUP: adopt a new config.toml, or keep the old one if it is bad."""
+        try:
+            new = config_mod.load(self.paths)
+        except ConfigError as exc:
+            log.error("config reload refused, keeping the running config: %s", exc)
+            return False
+        self.cfg = new
+        self.tmux = Tmux.from_env(new.tmux.socket, new.tmux.command_timeout_s)
+        logging.getLogger("meshd").setLevel(new.daemon.log_level.upper())
+        log.info("config reloaded from %s", self.paths.config)
+        return True
+
+    # -- journal and registry --------------------------------------------------------------
+    async def record(self, kind: str, body: dict[str, Any]) -> Event:
+        return (await self.record_many([(kind, body)]))[0]
+
+    async def record_many(self, items: list[tuple[str, dict[str, Any]]]) -> list[Event]:
+        assert self.journal is not None
+        events = await asyncio.to_thread(self.journal.append_many, items, time.time())
+        for e in events:
+            self.registry.apply(e)
+        return events
+
+    def local_agents(self) -> dict[str, Agent]:
+        return {x.agent.id: x.agent for x in self.registry.of_host(self.host)}
+
+    # -- discovery -------------------------------------------------------------------------
+    def want_scan(self) -> None:
+        self._scan_wanted.set()
+
+    async def _scan_loop(self) -> None:
+        while True:
+            await self._scan_wanted.wait()
+            await asyncio.sleep(self.cfg.discovery.debounce_ms / 1000)
+            self._scan_wanted.clear()
+            try:
+                await self.scan()
+            except MeshError as exc:
+                log.warning("scan failed: %s", exc)
+
+    async def _rescan_timer(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.discovery.rescan_s)
+            self.want_scan()
+
+    async def scan(self) -> int:
+        """Scan tmux now; journal what changed and rewrite the TOML views.  Returns #changes."""
+        async with self._scan_lock:
+            found = await asyncio.to_thread(discover, self.tmux, self.host)
+            self.last_scan = found
+            delta = changes(self.local_agents(), found.agents)
+            if delta:
+                await self.record_many(delta)
+                log.info("registry: %d change(s), %d local agent(s)", len(delta), len(found.agents))
+            await asyncio.to_thread(self.write_views)
+            return len(delta)
+
+    def write_views(self) -> None:
+        now = time.time()
+        header = "Written by meshd; edits are overwritten. See `mesh agents`."
+        atomic_write(self.paths.local_toml,
+                     dump_toml(render(self.registry, only_host=self.host, now=now), header=header))
+        atomic_write(self.paths.registry_toml,
+                     dump_toml(render(self.registry, only_host=None, now=now), header=header))
+
+
+def run_daemon(paths: StatePaths, cfg: Config) -> None:
+    asyncio.run(Daemon(paths, cfg).run())

@@ -1,0 +1,1 @@
+"""Getting text into a pane: sanitising, pane state, the send itself."""

@@ -1,0 +1,1 @@
+"""Host resources: process trees and memory (psutil), GPU memory (NVML)."""

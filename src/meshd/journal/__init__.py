@@ -1,0 +1,1 @@
+"""The append-only event journal: pure event model and its SQLite store."""

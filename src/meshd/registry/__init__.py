@@ -1,0 +1,1 @@
+"""Agents: addresses, tool detection, the registry fold and its TOML views."""

@@ -1,0 +1,1 @@
+"""How meshd processes talk: framing, the Unix-socket API (and, later, SSH links)."""

@@ -1,0 +1,85 @@
+"""The daemon side of the Unix-socket API (asyncio).
+
+One request per frame, answered in order per connection.  A malformed
+frame closes that connection with a log line; it never reaches a handler and
+never stops the server.  Handlers get ``(op, args)`` and return JSON data or
+raise a MeshError, which is sent back as ``{"ok": false, "error": {...}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from meshd.errors import MeshError
+from meshd.transport.frames import HEADER, FrameError, body_length, decode, encode
+
+log = logging.getLogger(__name__)
+Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+async def serve(path: Path, handler: Handler, *, max_frame: int,
+                timeout_s: float) -> asyncio.Server:
+    """Bind the socket (mode 0600) and serve until the returned server is closed."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await _session(reader, writer, handler, max_frame, timeout_s)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await writer.wait_closed()
+
+    old = os.umask(0o077)
+    try:
+        server = await asyncio.start_unix_server(on_client, path=str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return server
+
+
+async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   handler: Handler, max_frame: int, timeout_s: float) -> None:
+    while True:
+        try:
+            header = await reader.readexactly(HEADER.size)
+            req = decode(await reader.readexactly(body_length(header, max_frame)))
+        except asyncio.IncompleteReadError:
+            return
+        except FrameError as exc:
+            log.warning("dropping API client: %s", exc)
+            return
+        rid, op, args = req.get("id"), req.get("op"), req.get("args")
+        if not isinstance(op, str) or not isinstance(args, dict):
+            log.warning("dropping API client: request without op/args")
+            return
+        try:
+            limit = timeout_s + _extra_wait(args)
+            result = await asyncio.wait_for(handler(op, args), limit)
+            reply: dict[str, Any] = {"id": rid, "ok": True, "result": result}
+        except MeshError as exc:
+            reply = {"id": rid, "ok": False, "error": exc.to_dict()}
+        except TimeoutError:
+            reply = {"id": rid, "ok": False,
+                     "error": {"code": "transport", "message": f"{op} timed out after {limit:g} s"}}
+        except Exception as exc:  # a bug in one handler must not take the daemon down
+            log.exception("API handler %s failed", op)
+            reply = {"id": rid, "ok": False, "error": {"code": "error", "message": f"{op}: {exc}"}}
+        writer.write(encode(reply))
+        await writer.drain()
+
+
+def _extra_wait(args: dict[str, Any]) -> float:
+    """Requests that wait on purpose (``--wait``) get that much longer."""
+    try:
+        return max(0.0, float(args.get("wait_s") or 0))
+    except (TypeError, ValueError):
+        return 0.0
