@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Mesh, rawreader_cmd
 
 START, END = b"\x1b[200~", b"\x1b[201~"

@@ -21,14 +21,22 @@ Layout (compatible with agent-mesh)::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 
-@dataclass(frozen=True)
 class StatePaths:
-    home: Path
-    inbox: Path
+    """State locations; a plain class (no dataclass) to keep CLI start-up fast."""
+
+    __slots__ = ("home", "inbox")
+
+    def __init__(self, home: Path, inbox: Path) -> None:
+        self.home, self.inbox = home, inbox
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StatePaths) and (self.home, self.inbox) == (other.home, other.inbox)
+
+    def __hash__(self) -> int:
+        return hash((self.home, self.inbox))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> StatePaths:

@@ -77,7 +77,7 @@ def send_direct(paths: StatePaths, req: dict[str, Any]) -> dict[str, Any]:
     base = {"id": mid, "from": sender, "to": target.address, "to_id": target.id,
             "pane": target.pane_id, "bytes": len(text.encode()), "file": req.get("file")}
     try:
-        receipt = deliver(tmux, found.rows[target.pane_id], target.tool, text,
+        receipt = deliver(tmux, target.pane_id, target.pane_pid, target.tool, text,
                           send_options(cfg, req), paths.state_dir / "panes", mid)
     except MeshError as exc:
         pending.record(paths, "msg.refused", {**base, "reason": exc.message, "code": exc.code})

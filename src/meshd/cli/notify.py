@@ -15,16 +15,12 @@ in the tmux scanner and the classifier only when it runs.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import re
-import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from meshd.errors import (
     EXIT_OK,
@@ -36,6 +32,10 @@ from meshd.errors import (
 )
 from meshd.paths import StatePaths
 from meshd.transport import client
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 USAGE = """\
 usage: notify-pane ADDR MESSAGE...
@@ -56,16 +56,18 @@ exit: 0 delivered, 1 usage, 2 unknown agent, 3 recipient not ready, 4 tmux/trans
 _OPTION = re.compile(r"^--?[a-z][a-z-]*(=.*)?$")
 
 
-@dataclass
 class Args:
-    mode: str = "send"              # send | list | whoami | help
-    to: str = ""
-    words: list[str] = field(default_factory=list)
-    file: str | None = None
-    force: bool = False
-    force_dialog: bool = False
-    wait_s: float = 0.0
-    json: bool = False
+    """Parsed command line (a plain class: dataclasses cost start-up time here)."""
+
+    def __init__(self, force: bool = False) -> None:
+        self.mode = "send"              # send | list | whoami | help
+        self.to = ""
+        self.words: list[str] = []
+        self.file: str | None = None
+        self.force = force
+        self.force_dialog = False
+        self.wait_s = 0.0
+        self.json = False
 
 
 def parse(argv: list[str], env: dict[str, str]) -> Args:
@@ -127,6 +129,9 @@ def message_text(a: Args) -> str:
 
 
 def fallback_sender() -> str:
+    import getpass
+    import socket
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):

@@ -21,7 +21,8 @@ from meshd.delivery.service import SendOptions, deliver, new_message_id, snapsho
 from meshd.errors import MeshError, TransportError, UnknownAgent, UsageError
 from meshd.registry.fold import Entry
 from meshd.registry.views import entry_dict, iso
-from meshd.tmux.scan import PaneRow, scan
+from meshd.tmux.runner import PaneGone
+from meshd.tmux.scan import look, scan
 
 if TYPE_CHECKING:
     from meshd.daemon.app import Daemon
@@ -83,7 +84,8 @@ class Api:
                 out[x.agent.id] = "gone"
                 continue
             try:
-                out[x.agent.id] = cl.classify(snapshot(self.d.tmux, row, x.agent.tool)).state.value
+                _, lines = look(self.d.tmux, row.pane_id)
+                out[x.agent.id] = cl.classify(snapshot(row, lines, x.agent.tool)).state.value
             except MeshError:
                 out[x.agent.id] = "unknown"
         return out
@@ -172,25 +174,18 @@ class Api:
                 "pane": entry.agent.pane_id, "bytes": len(text.encode()),
                 "file": args.get("file")}
         try:
-            row = await asyncio.to_thread(self._row_of, entry)
-            receipt = await asyncio.to_thread(deliver, d.tmux, row, entry.agent.tool, text, opts,
-                                              d.paths.state_dir / "panes", mid)
+            receipt = await asyncio.to_thread(
+                deliver, d.tmux, entry.agent.pane_id, entry.agent.pane_pid, entry.agent.tool,
+                text, opts, d.paths.state_dir / "panes", mid)
         except MeshError as exc:
+            if isinstance(exc, PaneGone):
+                d.want_scan()
             await d.record("msg.refused", {**base, "reason": exc.message, "code": exc.code})
             raise
         await d.record("msg.delivered", {**base, "state": receipt.state,
                                          "submitted": receipt.submitted,
                                          "enters": receipt.enters})
         return {**receipt.to_dict(), "to": entry.agent.address, "from": sender}
-
-    def _row_of(self, entry: Entry) -> PaneRow:
-        rows = scan(self.d.tmux, entry.agent.pane_id)
-        if not rows or rows[0].pane_pid != entry.agent.pane_pid:
-            self.d.want_scan()
-            raise TransportError(f"{entry.agent.address}: its pane {entry.agent.pane_id} is "
-                                 "gone or was replaced; nothing was sent",
-                                 hint="check `mesh agents`")
-        return rows[0]
 
 
 def send_options(cfg: Any, args: dict[str, Any]) -> SendOptions:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -26,10 +26,11 @@ from filelock import FileLock, Timeout
 from meshd.delivery import classify as cl
 from meshd.errors import Refused, TmuxError
 from meshd.tmux import paste as tp
-from meshd.tmux.runner import Tmux
-from meshd.tmux.scan import PaneRow, scan
+from meshd.tmux.runner import PaneGone, Tmux
+from meshd.tmux.scan import PaneRow, look
 
 AGENT_TOOLS = frozenset({"claude", "codex", "gemini", "aider", "cursor-agent"})
+SHELLS = frozenset({"bash", "zsh", "fish", "sh", "dash", "ksh"})
 _POLL_S = 0.03
 
 
@@ -62,33 +63,35 @@ def new_message_id() -> str:
     return f"m{int(time.time() * 1000):x}-{secrets.token_hex(4)}"
 
 
-def snapshot(tmux: Tmux, row: PaneRow, tool: str, *, changing: bool = False) -> cl.PaneSnapshot:
-    lines = tp.capture(tmux, row.pane_id)
+def snapshot(row: PaneRow, lines: list[str], tool: str, *, changing: bool = False) -> cl.PaneSnapshot:
     return cl.PaneSnapshot(tool=tool, lines=tuple(lines), cursor_x=row.cursor_x,
                            cursor_y=row.cursor_y, width=row.width, height=row.height,
                            in_mode=row.in_mode, changing=changing,
-                           shell_child=row.command not in ("bash", "zsh", "fish", "sh", "dash"))
+                           shell_child=row.command not in SHELLS)
 
 
-def _fresh(tmux: Tmux, row: PaneRow) -> PaneRow:
-    rows = scan(tmux, row.pane_id)
-    if not rows or rows[0].pane_pid != row.pane_pid or rows[0].dead:
-        raise Refused(f"pane {row.pane_id} is gone or was replaced; nothing was sent")
-    return rows[0]
+def _look(tmux: Tmux, pane_id: str, pane_pid: int) -> tuple[PaneRow, list[str]]:
+    """The pane's row and screen; PaneGone when it closed or now runs another process."""
+    row, lines = look(tmux, pane_id)
+    if row is None or row.pane_pid != pane_pid or row.dead:
+        raise PaneGone(f"pane {pane_id} is gone or was replaced; nothing was sent",
+                       hint="check `mesh agents`")
+    return row, lines
 
 
-def _decide(tmux: Tmux, row: PaneRow, tool: str, opts: SendOptions) -> tuple[bool, cl.Verdict]:
-    """(may send now, verdict).  Raises Refused for states no waiting can fix now."""
+def _decide(tmux: Tmux, row: PaneRow, lines: list[str], tool: str,
+            opts: SendOptions) -> tuple[bool, cl.Verdict]:
+    """(may send now, verdict) for a pane read just now."""
     if row.in_mode:
         return False, cl.Verdict(cl.PaneState.UNKNOWN, "pane is in copy-mode", ())
     if row.input_off:
         return False, cl.Verdict(cl.PaneState.UNKNOWN, "pane input is disabled", ())
-    snap = snapshot(tmux, row, tool)
+    snap = snapshot(row, lines, tool)
     v = cl.classify(snap)
     if v.state is cl.PaneState.IDLE and tool in AGENT_TOOLS:
         time.sleep(0.05)  # an agent screen still redrawing is not idle yet
-        again = snapshot(tmux, _fresh(tmux, row), tool)
-        v = cl.classify(replace(again, changing=again.lines != snap.lines))
+        row2, lines2 = _look(tmux, row.pane_id, row.pane_pid)
+        v = cl.classify(snapshot(row2, lines2, tool, changing=lines2 != lines))
     ok = {
         cl.PaneState.IDLE: True,
         cl.PaneState.TYPING: opts.force,
@@ -109,39 +112,42 @@ def _refusal(v: cl.Verdict, row: PaneRow) -> Refused:
                    hint=hint)
 
 
-def deliver(tmux: Tmux, row: PaneRow, tool: str, text: str, opts: SendOptions,
+def deliver(tmux: Tmux, pane_id: str, pane_pid: int, tool: str, text: str, opts: SendOptions,
             lock_dir: Path, message_id: str | None = None) -> Receipt:
-    """Send ``text`` (sanitised, tagged) into ``row``'s pane; returns a receipt or raises."""
+    """Send ``text`` (sanitised, tagged) into the pane; returns a receipt or raises.
+
+    ``pane_pid`` is the process the caller expects in the pane: a pane that
+    closed or was reused for another process receives nothing (PaneGone).
+    """
     lock_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    lock = FileLock(str(lock_dir / f"pane-{row.server_pid}-{row.pane_id.lstrip('%')}.lock"))
+    lock = FileLock(str(lock_dir / f"pane-{pane_pid}-{pane_id.lstrip('%')}.lock"))
     try:
         lock.acquire(timeout=max(opts.wait_s, 0) + 30)
     except Timeout:
-        raise Refused(f"{row.pane_id}: another delivery holds the pane") from None
+        raise Refused(f"{pane_id}: another delivery holds the pane") from None
     try:
         while True:
-            row = _fresh(tmux, row)
-            ok, verdict = _decide(tmux, row, tool, opts)
+            row, lines = _look(tmux, pane_id, pane_pid)
+            ok, verdict = _decide(tmux, row, lines, tool, opts)
             if ok:
                 break
             if time.monotonic() - start >= opts.wait_s:
                 raise _refusal(verdict, row)
             time.sleep(0.1)
         waited = time.monotonic() - start
-        tp.paste(tmux, row.pane_id, row.pane_pid, text)
-        receipt = Receipt(message_id or new_message_id(), row.pane_id, tool, verdict.state.value,
+        tp.paste(tmux, pane_id, pane_pid, text)
+        receipt = Receipt(message_id or new_message_id(), pane_id, tool, verdict.state.value,
                           False, 0, waited, list(verdict.evidence))
-        _submit(tmux, row, tool, text, opts, receipt)
+        _submit(tmux, row, tool, opts, receipt)
         return receipt
     finally:
         lock.release()
 
 
-def _submit(tmux: Tmux, row: PaneRow, tool: str, text: str, opts: SendOptions,
-            receipt: Receipt) -> None:
+def _submit(tmux: Tmux, row: PaneRow, tool: str, opts: SendOptions, receipt: Receipt) -> None:
     time.sleep(cl.PASTE_SETTLE_S.get(tool, opts.enter_delay_s))
-    before = _input_view(tmux, row)
+    before = _input_view(*_look(tmux, row.pane_id, row.pane_pid))
     for _ in range(1 + opts.enter_retries):
         if not tp.press_enter(tmux, row.pane_id, row.pane_pid):
             raise TmuxError(f"{row.pane_id} went away before Enter; the text was pasted "
@@ -152,9 +158,8 @@ def _submit(tmux: Tmux, row: PaneRow, tool: str, text: str, opts: SendOptions,
             return
 
 
-def _input_view(tmux: Tmux, row: PaneRow) -> tuple[int, int, tuple[str, ...]]:
-    r = _fresh(tmux, row)
-    return (r.cursor_x, r.cursor_y, tuple(tp.capture(tmux, row.pane_id, escapes=False)))
+def _input_view(row: PaneRow, lines: list[str]) -> tuple[int, int, tuple[str, ...]]:
+    return (row.cursor_x, row.cursor_y, tuple(lines))
 
 
 def _await_submit(tmux: Tmux, row: PaneRow, tool: str, before: tuple[int, int, tuple[str, ...]],
@@ -162,11 +167,11 @@ def _await_submit(tmux: Tmux, row: PaneRow, tool: str, before: tuple[int, int, t
     """True once the screen shows the input taken (no draft left, or the screen moved on)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        r = _fresh(tmux, row)
+        r, lines = _look(tmux, row.pane_id, row.pane_pid)
         if tool in AGENT_TOOLS or tool == "shell":
-            if cl.classify(snapshot(tmux, r, tool)).state is not cl.PaneState.TYPING:
+            if cl.classify(snapshot(r, lines, tool)).state is not cl.PaneState.TYPING:
                 return True
-        elif (r.cursor_x, r.cursor_y, tuple(tp.capture(tmux, row.pane_id, escapes=False))) != before:
+        elif _input_view(r, lines) != before:
             return True
         if time.monotonic() >= deadline:
             return False

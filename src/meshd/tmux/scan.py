@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from meshd.tmux.runner import NoTmuxServer, Tmux
+from meshd.tmux.runner import NoTmuxServer, PaneGone, Tmux
 
 _FIELDS = (
     "pid", "session_id", "session_name", "window_id", "window_name", "window_index",
@@ -90,3 +90,21 @@ def scan(tmux: Tmux, target: str | None = None) -> list[PaneRow]:
         return parse(tmux.run("list-panes", "-a", "-F", fmt), fsep, rsep)
     except NoTmuxServer:
         return []
+
+
+def look(tmux: Tmux, pane_id: str) -> tuple[PaneRow | None, list[str]]:
+    """One pane's row and its screen (with SGR escapes) in a single tmux call.
+
+    ``(None, [])`` when the pane no longer exists.
+    """
+    fsep, rsep = f"<{secrets.token_hex(8)}>", f"<{secrets.token_hex(8)}>"
+    fmt = fsep.join("#{" + f + "}" for f in _FIELDS) + rsep
+    try:
+        out = tmux.run("display-message", "-p", "-t", pane_id, fmt, ";",
+                       "capture-pane", "-p", "-e", "-t", pane_id)
+    except PaneGone:
+        return None, []
+    head, _, screen = out.partition(rsep)
+    rows = parse(head + rsep, fsep, rsep)
+    lines = screen.removeprefix("\n").split("\n")[:-1]
+    return (rows[0] if rows else None), lines

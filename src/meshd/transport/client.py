@@ -8,10 +8,13 @@ from __future__ import annotations
 import itertools
 import socket
 from pathlib import Path
-from typing import Any
 
 from meshd.errors import DaemonNotRunning, TransportError, from_dict
 from meshd.transport.frames import HEADER, FrameError, body_length, decode, encode
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 _ids = itertools.count(1)
 MAX_REPLY = 64 * 1024 * 1024

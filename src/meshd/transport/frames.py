@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
+
+TYPE_CHECKING = False  # importing typing costs CLI start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA = 1
 HEADER = struct.Struct(">I")
