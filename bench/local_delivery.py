@@ -61,7 +61,7 @@ def main() -> None:
     sock = tmp / "tmux.sock"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TMUX", "MESHD_"))}
     env.update(HOME=str(tmp), MESHD_HOME=str(tmp / ".agents"), MESHD_TMUX_SOCKET=str(sock),
-               MESHD_HOST="bench", MESHD_DASHBOARD_ENABLED="false")
+               MESHD_HOST="bench")
     tmux = ["tmux", "-S", str(sock)]
     log = tmp / "reader.log"
     log.touch()

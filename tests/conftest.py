@@ -86,7 +86,7 @@ def _make_mesh(tmp: Path) -> Mesh:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TMUX", "MESHD_"))}
     env.update(HOME=str(home), MESHD_HOME=str(home / ".agents"), MESHD_TMUX_SOCKET=str(sock),
                MESHD_HOST="testhost", MESHD_DISCOVERY_DEBOUNCE_MS="5",
-               MESHD_DASHBOARD_ENABLED="false", TERM="xterm-256color")
+               TERM="xterm-256color")
     return Mesh(root, env, Tmux(sock, 10.0))
 
 

@@ -131,7 +131,7 @@ def test_config_defaults_file_and_env_precedence(tmp_path: Path) -> None:
     cfg = config.load(p, {"MESHD_DELIVERY_ENTER_RETRIES": "1"})
     assert cfg.delivery.enter_delay_ms == 300
     assert cfg.delivery.enter_retries == 1
-    assert cfg.dashboard.port == 7701
+    assert cfg.tmux.command_timeout_s == 5.0
 
 
 @pytest.mark.parametrize("text,needle", [
@@ -151,5 +151,10 @@ def test_default_config_renders_every_key_and_parses(tmp_path: Path) -> None:
     text = config.render_default()
     for dotted, _ in config.iter_keys():
         assert f"{dotted.split('.')[-1]} =" in text
-    p = _paths(tmp_path, text.replace("# port = 7701", "port = 7702"))
-    assert config.load(p, {}).dashboard.port == 7702
+    p = _paths(tmp_path, text.replace("# enter_retries = 2", "enter_retries = 3"))
+    assert config.load(p, {}).delivery.enter_retries == 3
+
+
+def test_config_doc_is_in_sync_with_schema() -> None:
+    doc = Path(__file__).parent.parent / "docs" / "config.md"
+    assert doc.read_text() == config.render_markdown(), "run: python -m meshd.config > docs/config.md"

@@ -8,7 +8,7 @@ busy ``shell``.
 
 from __future__ import annotations
 
-import os
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,9 +37,9 @@ class Proc:
 
 def tool_of(p: Proc) -> str | None:
     """The agent tool one process is, or None when it is not a known agent."""
-    exe = {os.path.basename(p.name).lower()}
+    exe = {posixpath.basename(p.name).lower()}
     if p.argv:
-        exe.add(os.path.basename(p.argv[0]).lower())
+        exe.add(posixpath.basename(p.argv[0]).lower())
     # node/python run the tool as a script or module: look at the next two argv words.
     args = [a.lower() for a in p.argv[1:3] if (a and not a.startswith("-")) or a == "-m"]
     for tool, (names, paths) in _MARKERS.items():
@@ -62,10 +62,10 @@ def detect(chain: Sequence[Proc]) -> str:
     if not chain:
         return "other"
     leaf = chain[-1]
-    base = os.path.basename(leaf.name).lstrip("-")
+    base = posixpath.basename(leaf.name).lstrip("-")
     if base in SHELLS:
         return "shell"
-    root = os.path.basename(chain[0].name).lstrip("-")
+    root = posixpath.basename(chain[0].name).lstrip("-")
     if root in SHELLS and len(chain) > 1:
         # A shell running a command: the command decides, unknown commands are "shell" (busy).
         return _repl_or(leaf, "shell")
@@ -73,8 +73,8 @@ def detect(chain: Sequence[Proc]) -> str:
 
 
 def _repl_or(p: Proc, default: str) -> str:
-    base = os.path.basename(p.name).rstrip("0123456789.") or p.name
-    if base in _REPLS or os.path.basename(p.name) in _REPLS:
+    base = posixpath.basename(p.name).rstrip("0123456789.") or p.name
+    if base in _REPLS or posixpath.basename(p.name) in _REPLS:
         script_args = [a for a in p.argv[1:] if not a.startswith("-")]
         if not script_args or "-i" in p.argv:
             return "repl"
