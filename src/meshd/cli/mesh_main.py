@@ -125,8 +125,17 @@ def status(as_json: bool) -> None:
             f"host {s['host']}   agents here {s['agents_local']}, mesh {s['agents_total']}\n"
             f"tmux {s['tmux_socket']} ({'up' if s['tmux_alive'] else 'no server'})   "
             f"journal {s['journal_events']} events\n"
-            f"state {s['home']}")
+            f"state {s['home']}\n"
+            f"hardware {_hw(s['hardware'])}")
     emit(s, as_json, text)
+
+
+def _hw(h: dict[str, Any]) -> str:
+    gib = 1 << 30
+    gpus = ", ".join(f"{g['name']} {g['used_bytes'] / gib:.1f}/{g['total_bytes'] / gib:.1f} GiB"
+                     for g in h["gpus"]) or "no GPU"
+    return (f"{h['cpus']} CPUs, RAM {h['ram_available_bytes'] / gib:.1f} GiB free of "
+            f"{h['ram_total_bytes'] / gib:.1f}, {gpus}")
 
 
 @main.command()

@@ -19,6 +19,7 @@ from meshd.delivery import classify as cl
 from meshd.delivery.message import compose
 from meshd.delivery.service import SendOptions, deliver, new_message_id, snapshot
 from meshd.errors import MeshError, TransportError, UnknownAgent, UsageError
+from meshd.hardware import gpu, memory
 from meshd.registry.fold import Entry
 from meshd.registry.views import entry_dict, iso
 from meshd.tmux.runner import PaneGone
@@ -63,6 +64,7 @@ class Api:
             "hosts": sorted(d.registry.hosts),
             "journal_events": await asyncio.to_thread(d.journal.count),
             "lamport": d.journal.lamport,
+            "hardware": await asyncio.to_thread(_hardware),
         }
 
     async def op_agents(self, args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -186,6 +188,15 @@ class Api:
                                          "submitted": receipt.submitted,
                                          "enters": receipt.enters})
         return {**receipt.to_dict(), "to": entry.agent.address, "from": sender}
+
+
+def _hardware() -> dict[str, Any]:
+    host = memory.probe()
+    return {"cpus": host.cpus, "ram_total_bytes": host.ram_total_bytes,
+            "ram_available_bytes": host.ram_available_bytes, "load1": host.load1,
+            "gpus": [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes,
+                      "used_bytes": g.used_bytes, "processes": len(g.processes)}
+                     for g in gpu.probe()]}
 
 
 def send_options(cfg: Any, args: dict[str, Any]) -> SendOptions:
