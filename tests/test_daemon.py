@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 import tomllib
+from pathlib import Path
 
 from conftest import Mesh
 
@@ -165,3 +167,25 @@ def test_event_loop_stays_responsive_while_tmux_hangs(live_mesh: Mesh) -> None:
     finally:
         os.kill(server_pid, signal.SIGCONT)
     hook.wait(30)
+
+
+def test_tmux_hooks_wake_the_daemon(live_mesh: Mesh) -> None:
+    """The hook block install.sh writes, loaded into a real tmux server, drives discovery."""
+    m = live_mesh
+    wrapper = m.root / "mesh-wrapper"
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in m.env.items()
+                      if k.startswith("MESHD_") or k in ("HOME", "PATH"))
+    wrapper.write_text(f"#!/bin/sh\n{exports}exec {sys.executable} -m meshd.cli.mesh_main \"$@\"\n")
+    wrapper.chmod(0o755)
+    block = (Path(__file__).parent.parent / "hooks" / "meshd.tmux.conf").read_text()
+    conf = m.root / "hooks.conf"
+    conf.write_text(block.replace("@MESH@", shlex.quote(str(wrapper))))
+    m.tmux.run("source-file", str(conf))
+    (m.home / "config.toml").write_text("[discovery]\nrescan_s = 3600\n")
+    m.run("mesh", "reload")
+    pane = m.new_window("hooked", "bash --norc")
+    wait_agents(m, lambda a: any(x["address"] == "testhost-main-hooked" for x in a), timeout=10)
+    m.tmux.run("rename-window", "-t", pane, "renamed")
+    wait_agents(m, lambda a: any(x["address"] == "testhost-main-renamed" for x in a), timeout=10)
+    m.tmux.run("kill-pane", "-t", pane)
+    wait_agents(m, lambda a: not any(x["address"] == "testhost-main-renamed" for x in a), timeout=10)

@@ -7,12 +7,12 @@ import itertools
 from meshd.hardware import gpu, memory
 from meshd.locks.modes import Mode, compatible, may_upgrade
 
-R, W, I, C = Mode.READ, Mode.WRITE, Mode.INTENT, Mode.CO_WRITE
+R, W, IN, C = Mode.READ, Mode.WRITE, Mode.INTENT, Mode.CO_WRITE
 TABLE = {  # held -> wanted -> compatible (docs/locks.md)
-    R: {R: True, W: False, I: True, C: False},
-    W: {R: False, W: False, I: False, C: False},
-    I: {R: True, W: False, I: False, C: False},
-    C: {R: False, W: False, I: False, C: True},
+    R: {R: True, W: False, IN: True, C: False},
+    W: {R: False, W: False, IN: False, C: False},
+    IN: {R: True, W: False, IN: False, C: False},
+    C: {R: False, W: False, IN: False, C: True},
 }
 
 
@@ -23,8 +23,8 @@ def test_matrix_matches_the_documented_table_and_is_symmetric() -> None:
 
 
 def test_upgrades() -> None:
-    assert may_upgrade(I, W) and may_upgrade(W, W)
-    assert not may_upgrade(W, I) and not may_upgrade(C, W)
+    assert may_upgrade(IN, W) and may_upgrade(W, W)
+    assert not may_upgrade(W, IN) and not may_upgrade(C, W)
 
 
 def test_host_probe_reports_real_memory() -> None:

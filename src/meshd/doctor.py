@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -29,7 +30,7 @@ from meshd import config as config_mod
 from meshd.daemon.pidlock import running_pid
 from meshd.errors import MeshError, TmuxError
 from meshd.paths import StatePaths
-from meshd.tmux.runner import Tmux
+from meshd.tmux.runner import NoTmuxServer, Tmux
 from meshd.transport import client
 
 MIN_TMUX = (3, 2)
@@ -205,12 +206,15 @@ def _mesh_link(ctx: Context) -> Path:
 
 def check_tmux_hooks(ctx: Context) -> Check:
     tmux = ctx.tmux()
-    fix = "./install.sh, or: tmux source-file ~/.tmux.conf"
+    conf = next((c for c in tmux_conf_candidates(ctx) if c.exists()), ctx.user_home / ".tmux.conf")
+    fix = f"./install.sh, or: {shlex.join(tmux.argv('source-file', str(conf)))}"
     try:
         hooks = tmux.run("show-hooks", "-g")
+    except NoTmuxServer:
+        return Check("tmux hooks", Status.WARN, f"no tmux server is running{_at(tmux)}",
+                     "start tmux; a new server loads the hooks from ~/.tmux.conf")
     except TmuxError as exc:
-        return Check("tmux hooks", Status.WARN, f"no tmux server to ask ({exc.message})",
-                     "start tmux; its server loads the hooks from ~/.tmux.conf")
+        return Check("tmux hooks", Status.WARN, f"cannot ask tmux: {exc.message}", fix)
     lines = [ln for ln in hooks.splitlines() if "hook on" in ln or "hook off" in ln]
     if not lines:
         return Check("tmux hooks", Status.WARN, "the tmux server has no meshd hooks; new windows "
@@ -220,6 +224,10 @@ def check_tmux_hooks(ctx: Context) -> Check:
         return Check("tmux hooks", Status.WARN, f"{len(lines)} hook(s) loaded, but they do not "
                      f"run {link}", fix)
     return Check("tmux hooks", Status.OK, f"{len(lines)} hook(s) loaded, running {link}")
+
+
+def _at(tmux: Tmux) -> str:
+    return f" at {tmux.socket}" if tmux.socket else ""
 
 
 def tmux_conf_candidates(ctx: Context) -> list[Path]:

@@ -28,7 +28,7 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o600) -> None:
     EIO on fsync) is raised as :class:`StateError` and the old file is kept.
     """
     raw = data.encode() if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -43,6 +43,20 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o600) -> None:
             os.unlink(tmp)
         raise StateError(f"could not write {path}: {exc.strerror or exc}",
                          hint="check free disk space and permissions of the directory") from exc
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` and any missing parents with mode 0700 (mkdir's ``mode`` skips parents)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
+        os.chmod(d, 0o700)
+    return path
 
 
 def fsync_dir(directory: Path) -> None:

@@ -15,6 +15,7 @@ under its own deadline; a CLI that hangs or fails is reported, never waited on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -45,7 +46,7 @@ CATALOG: tuple[Tool, ...] = (
     Tool("claude", ("claude",), ("--version",),
          ("claude", "-p", "{prompt}", "--output-format", "json"),
          "--output-format text|json|stream-json; --permission-mode acceptEdits|plan|dontAsk|"
-         "bypassPermissions; --allowedTools 'Bash(git:*) Edit'; --max-turns N",
+         "bypassPermissions; --allowedTools 'Bash(git:*) Edit'",
          "https://docs.anthropic.com/en/docs/claude-code/cli-reference"),
     Tool("codex", ("codex",), ("--version",),
          ("codex", "exec", "{prompt}"),
@@ -146,10 +147,8 @@ def run_version(argv: list[str], env: dict[str, str],
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.communicate()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from meshd import __version__
+from meshd.cli import ops
 from meshd.errors import DaemonNotRunning, MeshError, UsageError
 from meshd.paths import StatePaths
 from meshd.transport import client
@@ -63,8 +64,10 @@ def up(timeout: float) -> None:
     pid = running_pid(p.pidfile)
     if pid:
         raise MeshError(f"meshd is already running (pid {pid})", hint="`mesh status`")
-    p.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(p.log, "ab") as log:
+    from meshd.files import private_dir
+
+    private_dir(p.state_dir)
+    with os.fdopen(os.open(p.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "meshd.cli.daemon_main", "run"],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
@@ -240,12 +243,12 @@ def config() -> None:
 def config_init(force: bool) -> None:
     """Write a documented default config.toml."""
     from meshd.config import render_default
-    from meshd.files import atomic_write
+    from meshd.files import atomic_write, private_dir
 
     p = paths()
     if p.config.exists() and not force:
         raise UsageError(f"{p.config} already exists", hint="add --force to overwrite")
-    p.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(p.home)
     atomic_write(p.config, render_default())
     click.echo(f"wrote {p.config}")
 
@@ -307,16 +310,8 @@ def config_path() -> None:
     click.echo(str(paths().config))
 
 
-def _register_ops() -> None:
-    try:
-        from meshd.cli import ops
-    except ImportError:  # pragma: no cover - ops is optional while it is written
-        return
-    for cmd in ops.COMMANDS:
-        main.add_command(cmd)
-
-
-_register_ops()
+for _cmd in ops.COMMANDS:
+    main.add_command(_cmd)
 
 
 if __name__ == "__main__":

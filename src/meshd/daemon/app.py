@@ -31,7 +31,7 @@ from meshd.daemon import pending
 from meshd.daemon.discovery import Discovered, discover
 from meshd.daemon.pidlock import PidLock
 from meshd.errors import ConfigError, MeshError
-from meshd.files import atomic_write, dump_toml, remove_stale_temps
+from meshd.files import atomic_write, dump_toml, private_dir, remove_stale_temps
 from meshd.journal.event import Event
 from meshd.journal.store import Journal
 from meshd.paths import StatePaths
@@ -73,9 +73,8 @@ class Daemon:
             self._lock.release()
 
     async def _start(self) -> None:
-        for d in (self.paths.home, self.paths.state_dir):
-            d.mkdir(parents=True, exist_ok=True)
-            os.chmod(d, 0o700)
+        for d in (self.paths.home, self.paths.state_dir, self.paths.state_dir / "panes"):
+            private_dir(d)
         await asyncio.to_thread(remove_stale_temps, self.paths.home)
         self.journal = await asyncio.to_thread(
             Journal, self.paths.journal, self.paths.audit, self.host)

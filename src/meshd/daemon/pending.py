@@ -15,6 +15,7 @@ import os
 import time
 from typing import Any
 
+from meshd.files import private_dir
 from meshd.journal.store import Journal
 from meshd.paths import StatePaths
 
@@ -24,7 +25,7 @@ def _path(paths: StatePaths) -> os.PathLike[str]:
 
 
 def record(paths: StatePaths, kind: str, body: dict[str, Any]) -> None:
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(paths.state_dir)
     line = json.dumps({"kind": kind, "body": body, "time": time.time()}) + "\n"
     fd = os.open(_path(paths), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:

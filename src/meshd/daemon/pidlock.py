@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from meshd.errors import AlreadyRunning
+from meshd.files import private_dir
 
 
 class PidLock:
@@ -19,7 +20,7 @@ class PidLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

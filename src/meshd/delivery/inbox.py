@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from meshd.errors import StateError, UsageError
+from meshd.files import private_dir
 from meshd.registry.address import slug
 
 
@@ -24,7 +25,7 @@ def deposit(inbox: Path, sender: str, src: Path, max_bytes: int) -> Path:
         raise UsageError(f"{src} is {size} bytes, over the {max_bytes}-byte limit",
                          hint="raise delivery.max_file_bytes in ~/.agents/config.toml")
     folder = inbox / slug(sender)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(folder)
     stem, suffix = os.path.splitext(src.name)
     for n in range(10000):
         dest = folder / (src.name if n == 0 else f"{stem}.{n}{suffix}")

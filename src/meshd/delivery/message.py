@@ -18,3 +18,12 @@ def compose(sender: str, body: str, now: float, *, file_path: str | None = None)
     if file_path:
         text = f"{text} [file: {sanitize(file_path)}]" if text else f"[file: {sanitize(file_path)}]"
     return f"{tag(sender, now)} {text}"
+
+
+# Shells whose interactive mode treats "#" as a comment by default.
+COMMENTING_SHELLS = frozenset({"bash", "sh", "dash", "ksh", "mksh", "fish", "ash", "busybox"})
+
+
+def as_shell_comment(text: str) -> str:
+    """Turn every line into a ``# `` comment, so a shell prompt shows it and runs nothing."""
+    return "\n".join(f"# {line}" if line else "#" for line in text.split("\n"))

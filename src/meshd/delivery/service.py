@@ -5,7 +5,9 @@ directly when the daemon is down.  Steps, under a per-pane file lock so that
 concurrent senders (threads, or processes in degraded mode) never interleave:
 
 1. read the pane (``display-message`` of the target) and its screen;
-2. classify it (:mod:`meshd.delivery.classify`) and apply the policy:
+2. classify it (:mod:`meshd.delivery.classify`) and apply the policy
+   (a message to a bare shell prompt arrives as ``# `` comment lines, so it
+   never runs as a command):
    idle -> send; typing -> refuse unless forced; dialog -> refuse unless
    ``force_dialog``; busy -> send if the tool queues typed input, else wait or
    refuse; unknown -> refuse for agent CLIs, send for shells and other REPLs;
@@ -24,13 +26,15 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from meshd.delivery import classify as cl
+from meshd.delivery.message import COMMENTING_SHELLS, as_shell_comment
 from meshd.errors import Refused, TmuxError
+from meshd.files import private_dir
 from meshd.tmux import paste as tp
 from meshd.tmux.runner import PaneGone, Tmux
 from meshd.tmux.scan import PaneRow, look
 
 AGENT_TOOLS = frozenset({"claude", "codex", "gemini", "aider", "cursor-agent"})
-SHELLS = frozenset({"bash", "zsh", "fish", "sh", "dash", "ksh"})
+SHELLS = frozenset({"bash", "zsh", "fish", "sh", "dash", "ksh", "mksh", "ash", "tcsh", "csh"})
 _POLL_S = 0.03
 
 
@@ -112,6 +116,19 @@ def _refusal(v: cl.Verdict, row: PaneRow) -> Refused:
                    hint=hint)
 
 
+def _for_shell(row: PaneRow, tool: str, text: str, opts: SendOptions) -> str:
+    """At a shell prompt a message would run as commands: deliver it as comments instead."""
+    if tool != "shell" or row.command not in SHELLS:
+        return text
+    if row.command in COMMENTING_SHELLS:
+        return as_shell_comment(text)
+    if opts.force:
+        return text
+    raise Refused(f"{row.pane_id} is a {row.command} prompt, where a message would run as a command "
+                  f"and {row.command} has no interactive comments by default",
+                  hint="start an agent in the pane, or --force to type it anyway")
+
+
 def deliver(tmux: Tmux, pane_id: str, pane_pid: int, tool: str, text: str, opts: SendOptions,
             lock_dir: Path, message_id: str | None = None) -> Receipt:
     """Send ``text`` (sanitised, tagged) into the pane; returns a receipt or raises.
@@ -119,7 +136,7 @@ def deliver(tmux: Tmux, pane_id: str, pane_pid: int, tool: str, text: str, opts:
     ``pane_pid`` is the process the caller expects in the pane: a pane that
     closed or was reused for another process receives nothing (PaneGone).
     """
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(lock_dir)
     start = time.monotonic()
     lock = FileLock(str(lock_dir / f"pane-{pane_pid}-{pane_id.lstrip('%')}.lock"))
     try:
@@ -136,6 +153,7 @@ def deliver(tmux: Tmux, pane_id: str, pane_pid: int, tool: str, text: str, opts:
                 raise _refusal(verdict, row)
             time.sleep(0.1)
         waited = time.monotonic() - start
+        text = _for_shell(row, tool, text, opts)
         tp.paste(tmux, pane_id, pane_pid, text)
         receipt = Receipt(message_id or new_message_id(), pane_id, tool, verdict.state.value,
                           False, 0, waited, list(verdict.evidence))

@@ -209,20 +209,23 @@ def run_tty(agent: Agent, fd: int) -> None:
     try:
         while True:
             try:
-                data = os.read(fd, 4096)
-            except KeyboardInterrupt:
+                if not _step(agent, decoder, os.read(fd, 4096)):
+                    return
+            except KeyboardInterrupt:  # Ctrl-C drops the draft, like a shell
                 agent.editor.draft.clear()
                 agent.write("^C\r\n" + agent.prompt)
-                continue
-            if not data:
-                return
-            echo, lines = agent.editor.feed(decoder.decode(data))
-            agent.write(echo)
-            if not all(agent.handle(line) for line in lines):
-                return
     finally:
         agent.write(PASTE_OFF)
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _step(agent: Agent, decoder: codecs.IncrementalDecoder, data: bytes) -> bool:
+    """Feed one read; False at end of input or when the agent quits."""
+    if not data:
+        return False
+    echo, lines = agent.editor.feed(decoder.decode(data))
+    agent.write(echo)
+    return all(agent.handle(line) for line in lines)
 
 
 def run_lines(agent: Agent, stream: TextIO) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd.errors import StateError
+from meshd.files import private_dir
 from meshd.journal.event import Event
 
 _SCHEMA = """
@@ -47,7 +48,7 @@ class Journal:
     def __init__(self, path: Path, audit: Path, origin: str) -> None:
         self.path, self.audit_path, self.origin = path, audit, origin
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
