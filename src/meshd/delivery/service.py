@@ -71,7 +71,8 @@ def snapshot(row: PaneRow, lines: list[str], tool: str, *, changing: bool = Fals
     return cl.PaneSnapshot(tool=tool, lines=tuple(lines), cursor_x=row.cursor_x,
                            cursor_y=row.cursor_y, width=row.width, height=row.height,
                            in_mode=row.in_mode, changing=changing,
-                           shell_child=row.command not in SHELLS)
+                           shell_child=row.command not in SHELLS, title=row.title,
+                           cursor_visible=row.cursor_visible)
 
 
 def _look(tmux: Tmux, pane_id: str, pane_pid: int) -> tuple[PaneRow, list[str]]:
@@ -164,7 +165,9 @@ def deliver(tmux: Tmux, pane_id: str, pane_pid: int, tool: str, text: str, opts:
 
 
 def _submit(tmux: Tmux, row: PaneRow, tool: str, opts: SendOptions, receipt: Receipt) -> None:
-    time.sleep(cl.PASTE_SETTLE_S.get(tool, opts.enter_delay_s))
+    # Measured paste windows for known tools; the configured delay for anything else.
+    settle = opts.enter_delay_s if tool == "other" else cl.PASTE_SETTLE_S.get(tool, opts.enter_delay_s)
+    time.sleep(settle)
     before = _input_view(*_look(tmux, row.pane_id, row.pane_pid))
     for _ in range(1 + opts.enter_retries):
         if not tp.press_enter(tmux, row.pane_id, row.pane_pid):

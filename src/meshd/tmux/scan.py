@@ -16,7 +16,8 @@ _FIELDS = (
     "pid", "session_id", "session_name", "window_id", "window_name", "window_index",
     "window_panes", "pane_id", "pane_index", "pane_pid", "pane_current_command",
     "pane_current_path", "pane_dead", "pane_in_mode", "pane_input_off", "pane_width",
-    "pane_height", "cursor_x", "cursor_y", "@agent-role", "@agent-scope",
+    "pane_height", "cursor_x", "cursor_y", "cursor_flag", "pane_title", "@agent-role",
+    "@agent-scope",
 )
 
 
@@ -41,6 +42,8 @@ class PaneRow:
     height: int
     cursor_x: int
     cursor_y: int
+    cursor_visible: bool
+    title: str
     role: str
     scope: str
 
@@ -71,7 +74,8 @@ def parse(text: str, fsep: str, rsep: str) -> list[PaneRow]:
             dead=d["pane_dead"] == "1", in_mode=d["pane_in_mode"] == "1",
             input_off=d["pane_input_off"] == "1", width=_int(d["pane_width"]),
             height=_int(d["pane_height"]), cursor_x=_int(d["cursor_x"]),
-            cursor_y=_int(d["cursor_y"]), role=d["@agent-role"], scope=d["@agent-scope"],
+            cursor_y=_int(d["cursor_y"]), cursor_visible=d["cursor_flag"] == "1",
+            title=d["pane_title"], role=d["@agent-role"], scope=d["@agent-scope"],
         ))
     return rows
 
