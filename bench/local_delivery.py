@@ -31,7 +31,7 @@ BIN = Path(sys.executable).parent
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 def wait_bytes(log: Path, needle: bytes, timeout: float = 10) -> float:

@@ -63,7 +63,7 @@ def main() -> None:
             for kind in ("bare", "full"):
                 needle = f"{kind}-{i}-{time.monotonic_ns()}"
                 got: list[float] = []
-                t = threading.Thread(target=lambda nd=needle: got.append(arrival(log, nd.encode())))
+                t = threading.Thread(target=lambda nd=needle, out=got: out.append(arrival(log, nd.encode())))
                 t.start()
                 t0 = time.monotonic()
                 if kind == "bare":

@@ -40,6 +40,6 @@ if [ "${MESHD_SKIP_AGENT_CLIS:-0}" != 1 ] && [ -x scripts/install-agent-clis.sh 
     scripts/install-agent-clis.sh >/dev/null || echo "test.sh: agent CLIs could not be installed; their live tests will say so and skip" >&2
 fi
 
-.venv/bin/ruff check src tests
+.venv/bin/ruff check src tests bench
 .venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"
