@@ -109,5 +109,6 @@ def live_mesh(mesh: Mesh) -> Mesh:
     return mesh
 
 
-def rawreader_cmd(log: Path, prompt: str = "> ") -> str:
-    return f"{shutil.which('python3') or sys.executable} {RAWREADER} {log} --prompt '{prompt}'"
+def rawreader_cmd(log: Path, prompt: str = "> ", burst_ms: int = 0) -> str:
+    burst = f" --burst-ms {burst_ms}" if burst_ms else ""
+    return f"{shutil.which('python3') or sys.executable} {RAWREADER} {log} --prompt '{prompt}'{burst}"

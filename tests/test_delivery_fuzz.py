@@ -35,12 +35,13 @@ FAST = SendOptions(enter_delay_s=0.0, verify_timeout_s=2.0, enter_retries=0)
 class Reader:
     """A rawreader pane plus an incremental view of its byte log."""
 
-    def __init__(self, root: Path, name: str = "r") -> None:
+    def __init__(self, root: Path, name: str = "r", burst_ms: int = 0) -> None:
         self.sock = root / f"{name}.sock"
         self.tmux = Tmux(self.sock, 10)
         self.log = root / f"{name}.log"
         self.log.touch()
-        self.tmux.run("new-session", "-d", "-s", "s", "-x", "200", "-y", "50", rawreader_cmd(self.log))
+        self.tmux.run("new-session", "-d", "-s", "s", "-x", "200", "-y", "50",
+                      rawreader_cmd(self.log, burst_ms=burst_ms))
         self.pane = self.tmux.run("list-panes", "-F", "#{pane_id}").strip()
         self.pid = int(self.tmux.run("list-panes", "-F", "#{pane_pid}").strip())
         self.offset = 0
@@ -255,3 +256,28 @@ def test_shell_draft_is_never_clobbered_and_wait_delivers_after(tmp_path: Path) 
         assert "meshd-21" not in tmux.run("capture-pane", "-p", "-t", pane)
     finally:
         subprocess.run(tmux.argv("kill-server"), capture_output=True)
+
+
+def submits(r: Reader) -> int:
+    return r.tmux.run("capture-pane", "-p", "-S", "-", "-t", r.pane).count("<< SUBMIT")
+
+
+def test_t6_paste_burst_window_every_message_submitted_exactly_once(tmp_path: Path) -> None:
+    """A Codex-like paste-burst: Enter within 120 ms of a paste is a newline, not a submit."""
+    r = Reader(tmp_path, burst_ms=120)
+    try:
+        # Enter right after the paste is swallowed; the verify step sees no submit and retries.
+        eager = SendOptions(enter_delay_s=0.0, verify_timeout_s=0.3, enter_retries=3)
+        # Enter after a measured paste window submits on the first press.
+        patient = SendOptions(enter_delay_s=0.3, verify_timeout_s=1.0, enter_retries=3)
+        for i in range(15):
+            for opts in (eager, patient):
+                before = submits(r)
+                r.send(f"burst {i}", opts)
+                deadline = time.monotonic() + 3
+                while submits(r) == before and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                time.sleep(0.15)
+                assert submits(r) == before + 1, "stranded or double-submitted"
+    finally:
+        r.close()
