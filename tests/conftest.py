@@ -87,7 +87,7 @@ def _make_mesh(tmp: Path) -> Mesh:
     env.update(HOME=str(home), MESHD_HOME=str(home / ".agents"), MESHD_TMUX_SOCKET=str(sock),
                MESHD_HOST="testhost", MESHD_DISCOVERY_DEBOUNCE_MS="5",
                TERM="xterm-256color")
-    return Mesh(root, env, Tmux(sock, 10.0))
+    return Mesh(root, env, Tmux(sock, 10, Path("/dev/null")))
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ class Reader:
 
     def __init__(self, root: Path, name: str = "r", burst_ms: int = 0) -> None:
         self.sock = root / f"{name}.sock"
-        self.tmux = Tmux(self.sock, 10)
+        self.tmux = Tmux(self.sock, 10, Path("/dev/null"))
         self.log = root / f"{name}.log"
         self.log.touch()
         self.tmux.run("new-session", "-d", "-s", "s", "-x", "200", "-y", "50",
@@ -123,7 +123,7 @@ def test_t1_exactly_one_submit_per_message(reader: Reader) -> None:
 
 def test_t2_bracket_breakout_never_runs_a_command(tmp_path: Path) -> None:
     """A real bash with bracketed paste: the raw payload runs `touch`; the sanitised one never."""
-    tmux = Tmux(tmp_path / "t2.sock", 10)
+    tmux = Tmux(tmp_path / "t2.sock", 10, Path("/dev/null"))
     rc = tmp_path / "rc"
     rc.write_text("bind 'set enable-bracketed-paste on'\nPS1='$ '\n")
     tmux.run("new-session", "-d", "-x", "120", "-y", "30", f"bash --noprofile --rcfile {rc} -i")
@@ -233,7 +233,7 @@ def test_shell_draft_is_never_clobbered_and_wait_delivers_after(tmp_path: Path) 
     as a comment, so the shell shows the message and runs nothing."""
     if shutil.which("bash") is None:
         pytest.skip("bash not installed")
-    tmux = Tmux(tmp_path / "t5.sock", 10)
+    tmux = Tmux(tmp_path / "t5.sock", 10, Path("/dev/null"))
     tmux.run("new-session", "-d", "-x", "120", "-y", "30", "bash --norc --noprofile")
     pane = tmux.run("list-panes", "-F", "#{pane_id}").strip()
     pid = int(tmux.run("list-panes", "-F", "#{pane_pid}").strip())

@@ -24,6 +24,7 @@ class Tmux:
 
     socket: Path | None = None
     timeout_s: float = 5.0
+    config_file: Path | None = None  # tmux -f: tests start servers with /dev/null
 
     @classmethod
     def from_env(cls, configured: str = "", timeout_s: float = 5.0) -> Tmux:
@@ -35,6 +36,8 @@ class Tmux:
 
     def argv(self, *args: str) -> list[str]:
         base = ["tmux"] if self.socket is None else ["tmux", "-S", str(self.socket)]
+        if self.config_file is not None:
+            base += ["-f", str(self.config_file)]
         return [*base, *args]
 
     def run(self, *args: str, stdin: bytes | None = None, check: bool = True) -> str:
