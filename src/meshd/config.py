@@ -69,12 +69,32 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class LinksConfig:
+    remote_command: str = _k("~/.local/bin/meshd link",
+                             "command a peer runs over SSH to reach this host's meshd")
+    connect_timeout_s: float = _k(5.0, "seconds to open an SSH link", lo=0.5, hi=120)
+    keepalive_interval_s: float = _k(2.0, "seconds between SSH keepalives", lo=0.5, hi=300)
+    keepalive_count: int = _k(3, "unanswered keepalives before a link is declared dead", lo=1, hi=100)
+    backoff_max_s: float = _k(2.0, "longest wait between reconnect attempts (jittered)", lo=0.1, hi=600)
+    anti_entropy_s: float = _k(1.0, "seconds between version-vector exchanges on each link",
+                               lo=0.1, hi=3600)
+    dead_after_s: float = _k(8.0, "seconds without any frame from a peer before its link is dropped",
+                             lo=1, hi=3600)
+    call_timeout_s: float = _k(15.0, "seconds a request to another host may take", lo=0.5, hi=600)
+    max_frame_bytes: int = _k(64 * 1024 * 1024, "largest frame accepted from a peer, in bytes",
+                              lo=4096, hi=256 * 1024 * 1024)
+    max_file_bytes_remote: int = _k(256 * 1024 * 1024, "largest file sent to another host, in bytes",
+                                    lo=0, hi=1 << 40)
+
+
+@dataclass(frozen=True)
 class Config:
     host: str = _k("", "this host's name in addresses; empty: self.conf, else the short hostname")
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     tmux: TmuxConfig = field(default_factory=TmuxConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    links: LinksConfig = field(default_factory=LinksConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {

@@ -49,5 +49,17 @@ def run() -> None:
         sys.exit(exc.exit_code)
 
 
+@main.command()
+def link() -> None:
+    """Bridge stdin/stdout to this host's meshd (run by a peer over SSH)."""
+    from meshd.transport.bridge import run_link
+
+    try:
+        sys.exit(run_link(StatePaths.from_env().socket))
+    except MeshError as exc:
+        click.echo(f"meshd: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
 if __name__ == "__main__":
     main()

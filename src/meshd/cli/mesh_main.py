@@ -232,6 +232,61 @@ def log(n: int, kinds: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"{when}  {e['origin']}#{e['seq']:<5} {e['kind']:<14} {body[:120]}")
 
 
+# -- peers --------------------------------------------------------------------------------
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def peers(ctx: click.Context, as_json: bool) -> None:
+    """The hosts in ~/.agents/peers.conf and the state of each link."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from meshd.files import read_line_file
+
+    try:
+        items = call("peers")
+    except DaemonNotRunning:
+        items = [{"alias": a, "host": None, "up": False, "rtt_ms": None, "last_seen": None,
+                  "lag_events": None, "error": "meshd is not running", "attempts": 0}
+                 for a in read_line_file(paths().peers_conf)]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo(f"no peers (add SSH aliases to {paths().peers_conf}, or `mesh peers add ALIAS`)")
+    for p in items:
+        state = "up" if p["up"] else "DOWN"
+        rtt = f"{p['rtt_ms']:.1f} ms" if p.get("rtt_ms") is not None else "-"
+        seen = time.strftime("%H:%M:%S", time.localtime(p["last_seen"])) if p.get("last_seen") else "-"
+        lag = p.get("lag_events")
+        click.echo(f"{p['alias']:<24} {p.get('host') or '?':<16} {state:<5} rtt {rtt:<9} "
+                   f"seen {seen:<8} lag {lag if lag is not None else '-':<6} {p.get('error') or ''}")
+
+
+@peers.command("add")
+@click.argument("alias")
+def peers_add(alias: str) -> None:
+    """Add an SSH alias to peers.conf (the daemon links to it within a second)."""
+    _edit_peers(lambda lines: lines if alias in lines else [*lines, alias])
+    click.echo(f"added {alias}")
+
+
+@peers.command("remove")
+@click.argument("alias")
+def peers_remove(alias: str) -> None:
+    """Remove an SSH alias from peers.conf."""
+    _edit_peers(lambda lines: [x for x in lines if x != alias])
+    click.echo(f"removed {alias}")
+
+
+def _edit_peers(change: Any) -> None:
+    from meshd.files import atomic_write, read_line_file
+
+    p = paths()
+    lines = change(read_line_file(p.peers_conf))
+    header = "# meshd peers: one SSH alias per line; the first is the mesh's anchor\n"
+    atomic_write(p.peers_conf, header + "".join(f"{x}\n" for x in lines), mode=0o644)
+
+
 # -- configuration ------------------------------------------------------------------------
 @main.group()
 def config() -> None:

@@ -48,6 +48,8 @@ options:
   --force          deliver over a half-typed draft (also FORCE_SEND=1)
   --force-dialog   type into an open permission/menu dialog (dangerous)
   --wait[=SECONDS] hold the message until the pane can take it (default 60 s)
+  --queue          if the recipient's host is unreachable, keep the message and deliver it
+                   exactly once when the host is back
   --json           print the result as JSON
 exit: 0 delivered, 1 usage, 2 unknown agent, 3 recipient not ready, 4 tmux/transport failure
 """
@@ -68,6 +70,7 @@ class Args:
         self.force_dialog = False
         self.wait_s = 0.0
         self.json = False
+        self.queue = False
 
 
 def parse(argv: list[str], env: dict[str, str]) -> Args:
@@ -88,6 +91,8 @@ def parse(argv: list[str], env: dict[str, str]) -> Args:
             a.json = True
         elif tok == "--force":
             a.force = True
+        elif tok == "--queue":
+            a.queue = True
         elif tok == "--force-dialog":
             a.force_dialog = True
         elif tok == "--wait" or tok.startswith("--wait="):
@@ -158,13 +163,20 @@ def run(argv: list[str], env: dict[str, str]) -> int:
     text = message_text(a)
     req: dict[str, Any] = {"to": a.to, "text": text, "force": a.force,
                            "force_dialog": a.force_dialog, "wait_s": a.wait_s, **caller_args()}
+    if a.file:
+        src = Path(a.file).resolve()
+        if not os.access(src, os.R_OK) or not src.is_file():
+            raise UsageError(f"cannot read {a.file}: not a readable regular file")
+        req["file_src"] = str(src)
+    if a.queue:
+        req["queue"] = True
     try:
-        if a.file:
-            req["file"] = str(_deposit(paths, a.file, _sender_name(paths)))
         result = client.call(paths.socket, "send", req)
     except DaemonNotRunning:
         from meshd.cli.degraded import send_direct
 
+        if a.file:
+            req["file"] = str(_deposit(paths, a.file, _sender_name(paths)))
         result = send_direct(paths, req)
         print("notify-pane: meshd is not running; delivered directly without it "
               "(recorded for the journal at next start)", file=sys.stderr)
@@ -173,10 +185,13 @@ def run(argv: list[str], env: dict[str, str]) -> int:
 
 
 def _sender_name(paths: StatePaths) -> str:
+    from meshd.cli.degraded import whoami_direct
+
     try:
-        return str(client.call(paths.socket, "whoami", caller_args(), timeout_s=5)["address"])
+        me = whoami_direct(paths, caller_args())
     except MeshError:
-        return os.environ.get("MESH_SENDER") or fallback_sender()
+        me = None
+    return str(me["address"]) if me else os.environ.get("MESH_SENDER") or fallback_sender()
 
 
 def _deposit(paths: StatePaths, path: str, sender: str) -> Path:
@@ -190,10 +205,14 @@ def _report(a: Args, result: dict[str, Any]) -> None:
     if a.json:
         print(json.dumps(result, indent=2))
         return
+    if result.get("queued"):
+        print(f"queued {result.get('message_id')} for {result.get('to')}: its host is unreachable; "
+              "it will be delivered once when the host is back")
+        return
     ok = "delivered" if result.get("submitted") else "pasted (submit not confirmed)"
     print(f"{ok} {result.get('message_id')} to {result.get('to')} "
           f"[{result.get('tool')}, was {result.get('state')}]")
-    if not result.get("submitted"):
+    if not result.get("submitted") and not result.get("duplicate"):
         print("notify-pane: the text is in the pane but Enter could not be confirmed; "
               "check the pane", file=sys.stderr)
 

@@ -8,6 +8,7 @@ inbox, stop.  Errors are MeshErrors; the transport turns them into
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshd import __version__
 from meshd.delivery import classify as cl
+from meshd.delivery.inbox import deposit
 from meshd.delivery.message import compose
 from meshd.delivery.service import SendOptions, deliver, new_message_id, snapshot
 from meshd.errors import MeshError, TransportError, UnknownAgent, UsageError
@@ -29,15 +31,17 @@ if TYPE_CHECKING:
     from meshd.daemon.app import Daemon
 
 Op = Callable[[dict[str, Any]], Awaitable[Any]]
+log = logging.getLogger(__name__)
 
 
 class Api:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
+        self._msg_locks: dict[str, asyncio.Lock] = {}
         self.ops: dict[str, Op] = {
             name: getattr(self, f"op_{name}") for name in (
                 "ping", "status", "agents", "resolve", "whoami", "send", "hook", "resync",
-                "reload", "log", "inbox", "stop")
+                "reload", "log", "inbox", "stop", "peers")
         }
 
     async def handle(self, op: str, args: dict[str, Any]) -> Any:
@@ -68,13 +72,25 @@ class Api:
         }
 
     async def op_agents(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        listing = self.d.registry.listing()
-        first = listing[0].agent.id if listing else None
+        d = self.d
+        listing = d.registry.listing()
+        first = d.architect_id()
         out = [entry_dict(x, x.agent.id == first) for x in listing]
         states = await asyncio.to_thread(self._states, [x for x in listing
-                                                        if x.agent.host == self.d.host])
+                                                        if x.agent.host == d.host])
+        up = d.peers.hosts_up()
+        remote = await asyncio.gather(*(d.peers.call(h, "agent_states", {}) for h in up),
+                                      return_exceptions=True)
+        for r in remote:
+            if isinstance(r, dict):
+                states.update(r)
         for item in out:
-            item["state"] = states.get(item["id"], "unreachable")
+            if item["host"] != d.host and item["host"] not in up:
+                item["state"] = "unreachable"
+                seen = d.last_seen.get(item["host"])
+                item["last_seen"] = iso(seen) if seen else None
+            else:
+                item["state"] = states.get(item["id"], "unknown")
         return out
 
     def _states(self, entries: list[Entry]) -> dict[str, str]:
@@ -158,36 +174,119 @@ class Api:
     async def op_send(self, args: dict[str, Any]) -> dict[str, Any]:
         d = self.d
         entry = self._resolve(str(args.get("to", "")))
-        if entry.agent.host != d.host:
-            raise TransportError(f"{entry.agent.address} lives on host {entry.agent.host}, "
-                                 "which this meshd has no link to")
         sender_entry = self._sender_entry(args)
         sender = sender_entry.agent.address if sender_entry else str(args.get("sender") or "?")
+        mid = str(args.get("message_id") or new_message_id())
+        file_src = args.get("file_src")
+        if entry.agent.host == d.host:
+            file_path = args.get("file")
+            if file_src:
+                file_path = str(await asyncio.to_thread(
+                    deposit, d.paths.inbox, sender, Path(str(file_src)), d.cfg.delivery.max_file_bytes))
+            return await self._deliver_local(entry, sender, str(args.get("text", "")), file_path,
+                                             args, mid)
+        return await self._send_remote(entry, sender, mid, args)
+
+    async def _send_remote(self, entry: Entry, sender: str, mid: str,
+                           args: dict[str, Any]) -> dict[str, Any]:
+        """Run the delivery on the host that owns the pane; queue it there if asked."""
+        d, host = self.d, entry.agent.host
+        call_args = {"to_id": entry.agent.id, "sender": sender, "text": str(args.get("text", "")),
+                     "message_id": mid, **{k: args.get(k) for k in _OPTS}}
+        try:
+            file_src = args.get("file_src")
+            if file_src:
+                src = Path(str(file_src))
+                size = src.stat().st_size
+                if size > d.cfg.links.max_file_bytes_remote:
+                    raise UsageError(f"{src} is {size} bytes, over links.max_file_bytes_remote")
+                call_args["file"] = await d.peers.ssh_for(host).put_file(src, sender)
+            result: dict[str, Any] = await d.peers.call(host, "send_local", call_args)
+            return result
+        except TransportError:
+            if not args.get("queue") or args.get("file_src"):
+                raise
+        await d.record("msg.queued", {"id": mid, "from": sender, "to": entry.agent.address,
+                                      "to_id": entry.agent.id, "host": host, **call_args})
+        return {"message_id": mid, "to": entry.agent.address, "from": sender, "queued": True,
+                "submitted": False, "tool": entry.agent.tool, "state": "queued"}
+
+    async def _deliver_local(self, entry: Entry, sender: str, body: str, file_path: Any,
+                             args: dict[str, Any], mid: str) -> dict[str, Any]:
+        d = self.d
         now = time.time()
-        text = compose(sender, str(args.get("text", "")), now, file_path=args.get("file"))
+        text = compose(sender, body, now, file_path=str(file_path) if file_path else None)
         if len(text.encode()) > d.cfg.delivery.max_message_bytes:
             raise UsageError(f"message is {len(text.encode())} bytes, over the "
                              f"{d.cfg.delivery.max_message_bytes}-byte limit",
                              hint="send it as a file with --file, or raise "
                                   "delivery.max_message_bytes")
         opts = send_options(d.cfg, args)
-        mid = str(args.get("message_id") or new_message_id())
         base = {"id": mid, "from": sender, "to": entry.agent.address, "to_id": entry.agent.id,
                 "pane": entry.agent.pane_id, "bytes": len(text.encode()),
-                "file": args.get("file")}
-        try:
-            receipt = await asyncio.to_thread(
-                deliver, d.tmux, entry.agent.pane_id, entry.agent.pane_pid, entry.agent.tool,
-                text, opts, d.paths.state_dir / "panes", mid)
-        except MeshError as exc:
-            if isinstance(exc, PaneGone):
-                d.want_scan()
-            await d.record("msg.refused", {**base, "reason": exc.message, "code": exc.code})
-            raise
-        await d.record("msg.delivered", {**base, "state": receipt.state,
-                                         "submitted": receipt.submitted,
-                                         "enters": receipt.enters})
+                "file": str(file_path) if file_path else None}
+        lock = self._msg_locks.setdefault(mid, asyncio.Lock())
+        async with lock:
+            if mid in d.done_ids:  # a retried or re-queued message: exactly once
+                return {"message_id": mid, "to": entry.agent.address, "from": sender,
+                        "duplicate": True, "submitted": True, "tool": entry.agent.tool,
+                        "state": "already delivered"}
+            try:
+                receipt = await asyncio.to_thread(
+                    deliver, d.tmux, entry.agent.pane_id, entry.agent.pane_pid, entry.agent.tool,
+                    text, opts, d.paths.state_dir / "panes", mid)
+            except MeshError as exc:
+                if isinstance(exc, PaneGone):
+                    d.want_scan()
+                if not args.get("quiet_refusal"):
+                    await d.record("msg.refused", {**base, "reason": exc.message, "code": exc.code})
+                raise
+            await d.record("msg.delivered", {**base, "state": receipt.state,
+                                             "submitted": receipt.submitted,
+                                             "enters": receipt.enters})
+        self._msg_locks.pop(mid, None)
         return {**receipt.to_dict(), "to": entry.agent.address, "from": sender}
+
+    # -- peers -----------------------------------------------------------------------------
+    async def peer_call(self, op: str, args: dict[str, Any], from_host: str) -> Any:
+        """Requests another host's meshd may make of this one."""
+        if op == "send_local":
+            entry = self.d.registry.agents.get(str(args.get("to_id")))
+            if entry is None or entry.agent.host != self.d.host:
+                raise UnknownAgent(f"no agent {args.get('to_id')} on host {self.d.host}")
+            return await self._deliver_local(entry, str(args.get("sender") or from_host),
+                                             str(args.get("text", "")), args.get("file"), args,
+                                             str(args.get("message_id") or new_message_id()))
+        if op == "agent_states":
+            return await asyncio.to_thread(self._states, self.d.registry.of_host(self.d.host))
+        raise UsageError(f"peer op {op!r} is not allowed")
+
+    async def deliver_queued(self) -> None:
+        """Deliver queued messages addressed to this host's agents that are not done yet."""
+        d = self.d
+        assert d.journal is not None
+        queued = await asyncio.to_thread(d.journal.tail, 100_000, ("msg.queued",))
+        for e in queued:
+            b = e.body
+            mid = str(b.get("id"))
+            if b.get("host") != d.host or mid in d.done_ids:
+                continue
+            entry = d.registry.agents.get(str(b.get("to_id")))
+            if entry is None:
+                await d.record("msg.dropped", {"id": mid, "to": b.get("to"),
+                                               "reason": "the recipient agent is gone"})
+                continue
+            try:
+                await self._deliver_local(entry, str(b.get("from")), str(b.get("text", "")),
+                                          b.get("file"), {**b, "quiet_refusal": True}, mid)
+            except MeshError as exc:
+                log.info("queued message %s still waits: %s", mid, exc.message)
+
+    async def op_peers(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.d.peers.status()
+
+
+_OPTS = ("force", "force_dialog", "wait_s")
 
 
 def _hardware() -> dict[str, Any]:

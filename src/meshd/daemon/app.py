@@ -56,8 +56,15 @@ class Daemon:
         self._scan_wanted = asyncio.Event()
         self._scan_lock = asyncio.Lock()
         self._lock = PidLock(paths.pidfile)
+        self._views_wanted = asyncio.Event()
+        self._queue_wanted = asyncio.Event()
+        self.last_seen: dict[str, float] = {}   # peer host -> wall time its link was last up
+        self.done_ids: set[str] = set()          # message ids delivered or dropped, mesh-wide
         from meshd.daemon.api import Api  # the API needs a constructed daemon
+        from meshd.daemon.peers import PeerManager
+
         self.api = Api(self)
+        self.peers = PeerManager(self)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -78,7 +85,9 @@ class Daemon:
         await asyncio.to_thread(remove_stale_temps, self.paths.home)
         self.journal = await asyncio.to_thread(
             Journal, self.paths.journal, self.paths.audit, self.host)
-        self.registry = fold(await asyncio.to_thread(self.journal.all))
+        past = await asyncio.to_thread(self.journal.all)
+        self.registry = fold(past)
+        self._note(past)
         await self.record("host.seen", {"host": self.host, "generation": self.journal.generation,
                                         "pid": os.getpid()})
         imported = await asyncio.to_thread(pending.drain, self.paths, self.journal)
@@ -93,16 +102,20 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         server = await unix.serve(self.paths.socket, self.api.handle,
                                   max_frame=self.cfg.daemon.max_request_bytes,
-                                  timeout_s=self.cfg.daemon.request_timeout_s)
+                                  timeout_s=self.cfg.daemon.request_timeout_s,
+                                  peer_handler=self.peers.accept)
         log.info("meshd ready: host=%s pid=%d socket=%s", self.host, os.getpid(),
                  self.paths.socket, extra={"host": self.host})
         try:
             async with asyncio.TaskGroup() as tg:
-                loops = [tg.create_task(self._scan_loop()), tg.create_task(self._rescan_timer())]
+                loops = [tg.create_task(self._scan_loop()), tg.create_task(self._rescan_timer()),
+                         tg.create_task(self._views_loop()), tg.create_task(self._queue_loop()),
+                         tg.create_task(self.peers.run())]
                 await self._stop.wait()
                 server.close()
                 for t in loops:
                     t.cancel()
+            await self.peers.drain(1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), self.cfg.daemon.shutdown_timeout_s)
         finally:
@@ -136,7 +149,49 @@ class Daemon:
         events = await asyncio.to_thread(self.journal.append_many, items, time.time())
         for e in events:
             self.registry.apply(e)
+        self._note(events)
+        self.peers.broadcast(events)
         return events
+
+    def apply_remote(self, events: list[Event]) -> None:
+        """Events that arrived from peers (already in the journal, in per-origin order)."""
+        for e in events:
+            self.registry.apply(e)
+        self._note(events)
+        self._views_wanted.set()
+
+    def _note(self, events: list[Event]) -> None:
+        for e in events:
+            if e.kind in ("msg.delivered", "msg.dropped"):
+                self.done_ids.add(str(e.body.get("id")))
+            elif e.kind == "msg.queued" and e.body.get("host") == self.host:
+                self._queue_wanted.set()
+
+    def host_seen(self, host: str) -> None:
+        self.last_seen[host] = time.time()
+        self._views_wanted.set()
+
+    def architect_id(self) -> str | None:
+        listing = self.registry.listing()
+        return listing[0].agent.id if listing else None
+
+    async def _views_loop(self) -> None:
+        while True:
+            await self._views_wanted.wait()
+            await asyncio.sleep(0.05)
+            self._views_wanted.clear()
+            try:
+                await asyncio.to_thread(self.write_views)
+            except MeshError as exc:
+                log.warning("could not write the registry views: %s", exc)
+
+    async def _queue_loop(self) -> None:
+        """Deliver messages queued (on any host) for agents of this host, exactly once."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue_wanted.wait(), 2.0)
+            self._queue_wanted.clear()
+            await self.api.deliver_queued()
 
     def local_agents(self) -> dict[str, Agent]:
         return {x.agent.id: x.agent for x in self.registry.of_host(self.host)}
@@ -172,13 +227,18 @@ class Daemon:
             await asyncio.to_thread(self.write_views)
             return len(delta)
 
+    def reachable(self) -> set[str]:
+        return {self.host, *self.peers.hosts_up()}
+
     def write_views(self) -> None:
         now = time.time()
         header = "Written by meshd; edits are overwritten. See `mesh agents`."
-        atomic_write(self.paths.local_toml,
-                     dump_toml(render(self.registry, only_host=self.host, now=now), header=header))
-        atomic_write(self.paths.registry_toml,
-                     dump_toml(render(self.registry, only_host=None, now=now), header=header))
+        arch = self.architect_id()
+        atomic_write(self.paths.local_toml, dump_toml(
+            render(self.registry, only_host=self.host, now=now, architect=arch), header=header))
+        atomic_write(self.paths.registry_toml, dump_toml(
+            render(self.registry, only_host=None, now=now, reachable=self.reachable(),
+                   last_seen=self.last_seen, architect=arch), header=header))
 
 
 def run_daemon(paths: StatePaths, cfg: Config) -> None:

@@ -64,6 +64,7 @@ class Journal:
         self._lamport = self._scalar("SELECT COALESCE(MAX(lamport), 0) FROM events")
         self._seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE origin=?",
                                  (origin,))
+        self._vv = self._load_vv()
         self._resync_audit()
 
     def _check_pragmas(self) -> None:
@@ -97,6 +98,20 @@ class Journal:
     def lamport(self) -> int:
         return self._lamport
 
+    @property
+    def vv(self) -> dict[str, int]:
+        """Version vector: per origin, the highest seq such that 1..seq are all here."""
+        with self._lock:
+            return dict(self._vv)
+
+    def _load_vv(self) -> dict[str, int]:
+        vv: dict[str, int] = {}
+        rows = self._db.execute("SELECT origin, seq FROM events ORDER BY origin, seq").fetchall()
+        for origin, seq in rows:
+            if seq == vv.get(origin, 0) + 1:
+                vv[origin] = seq
+        return vv
+
     def append(self, kind: str, body: dict[str, object], now: float) -> Event:
         """Write one local event durably and mirror it; returns it with seq and lamport."""
         return self.append_many([(kind, body)], now)[0]
@@ -117,20 +132,34 @@ class Journal:
                 raise StateError(f"{self.path}: journal write failed: {exc}",
                                  hint="check free disk space") from exc
             self._seq, self._lamport = seq, lamport
+            if self._vv.get(self.origin, 0) == events[0].seq - 1:
+                self._vv[self.origin] = seq
             self._mirror(events)
             return events
 
     def ingest(self, events: Iterable[Event]) -> list[Event]:
-        """Insert events from peers; idempotent.  Returns the ones that were new."""
+        """Insert events from peers; idempotent.  Returns the ones that were new.
+
+        Only events that extend an origin's contiguous prefix are taken (the caller asks
+        for the rest with its version vector), so the version vector never has holes and
+        each origin's events are applied in seq order.  Events of our own origin coming
+        back (after this host lost its journal) move our seq past them: an
+        ``(origin, seq)`` is never reused.
+        """
         with self._lock:
             new = []
             with self._tx():
-                for e in events:
+                for e in sorted(events, key=lambda e: (e.origin, e.seq)):
+                    if e.seq != self._vv.get(e.origin, 0) + 1:
+                        continue
                     cur = self._db.execute("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?)",
                                            _row(e))
+                    self._vv[e.origin] = e.seq
                     if cur.rowcount:
                         new.append(e)
                         self._lamport = max(self._lamport, e.lamport)
+                        if e.origin == self.origin:
+                            self._seq = max(self._seq, e.seq)
             self._mirror(new)
             return new
 
@@ -140,9 +169,21 @@ class Journal:
                 "SELECT * FROM events ORDER BY lamport, origin, seq").fetchall()
         return [_event(r) for r in rows]
 
-    def since(self, vv: dict[str, int]) -> list[Event]:
-        """Events the holder of version vector ``vv`` lacks."""
-        return [e for e in self.all() if e.seq > vv.get(e.origin, 0)]
+    def since(self, vv: dict[str, int], limit: int = 100_000) -> list[Event]:
+        """Events the holder of version vector ``vv`` lacks, in (origin, seq) order."""
+        out: list[Event] = []
+        with self._lock:
+            for origin, top in self._vv.items():
+                have = int(vv.get(origin, 0))
+                if have >= top:
+                    continue
+                rows = self._db.execute(
+                    "SELECT * FROM events WHERE origin=? AND seq>? ORDER BY seq LIMIT ?",
+                    (origin, have, limit - len(out))).fetchall()
+                out += [_event(r) for r in rows]
+                if len(out) >= limit:
+                    break
+        return out
 
     def tail(self, n: int, kinds: tuple[str, ...] = ()) -> list[Event]:
         with self._lock:

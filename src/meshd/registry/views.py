@@ -29,9 +29,19 @@ def entry_dict(x: Entry, architect: bool = False) -> dict[str, Any]:
     return d
 
 
-def render(reg: Registry, *, only_host: str | None, now: float) -> dict[str, Any]:
+def render(reg: Registry, *, only_host: str | None, now: float,
+           reachable: set[str] | None = None, last_seen: dict[str, float] | None = None,
+           architect: str | None = None) -> dict[str, Any]:
+    """The TOML view.  Agents of hosts not in ``reachable`` are kept, marked unreachable."""
     entries = reg.of_host(only_host) if only_host else reg.listing()
-    first = reg.listing()[0].agent.id if reg.agents else None
-    agents = {x.agent.address: entry_dict(x, x.agent.id == first) for x in entries}
+    agents = {}
+    for x in entries:
+        d = entry_dict(x, x.agent.id == architect)
+        if reachable is not None and x.agent.host not in reachable:
+            d["reachable"] = False
+            seen = (last_seen or {}).get(x.agent.host)
+            if seen:
+                d["last_seen"] = iso(seen)
+        agents[x.agent.address] = d
     return {"meta": {"written_by": "meshd", "updated": iso(now),
                      "hosts": sorted(reg.hosts)}, "agents": agents}

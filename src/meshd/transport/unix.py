@@ -17,21 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from meshd.errors import MeshError
-from meshd.transport.frames import HEADER, FrameError, body_length, decode, encode
+from meshd.transport.frames import FrameError
+from meshd.transport.streams import read_frame, write_frame
 
 log = logging.getLogger(__name__)
 Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
+PeerHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def serve(path: Path, handler: Handler, *, max_frame: int,
-                timeout_s: float) -> asyncio.Server:
+async def serve(path: Path, handler: Handler, *, max_frame: int, timeout_s: float,
+                peer_handler: PeerHandler | None = None) -> asyncio.Server:
     """Bind the socket (mode 0600) and serve until the returned server is closed."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await _session(reader, writer, handler, max_frame, timeout_s)
+            await _session(reader, writer, handler, peer_handler, max_frame, timeout_s)
         finally:
             writer.close()
             with contextlib.suppress(OSError, ConnectionError):
@@ -47,19 +49,27 @@ async def serve(path: Path, handler: Handler, *, max_frame: int,
 
 
 async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                   handler: Handler, max_frame: int, timeout_s: float) -> None:
+                   handler: Handler, peer_handler: PeerHandler | None, max_frame: int,
+                   timeout_s: float) -> None:
     while True:
         try:
-            header = await reader.readexactly(HEADER.size)
-            req = decode(await reader.readexactly(body_length(header, max_frame)))
-        except asyncio.IncompleteReadError:
+            req = await read_frame(reader, max_frame)
+        except (asyncio.IncompleteReadError, ConnectionError):
             return
         except FrameError as exc:
             log.warning("dropping API client: %s", exc)
             return
+        if req is None:
+            return
         rid, op, args = req.get("id"), req.get("op"), req.get("args")
         if not isinstance(op, str) or not isinstance(args, dict):
             log.warning("dropping API client: request without op/args")
+            return
+        if op == "link" and peer_handler is not None:
+            # `meshd link` on this host bridges a peer's SSH channel to us: from here on
+            # the connection speaks the peer protocol, not requests.
+            await write_frame(writer, {"id": rid, "ok": True, "result": {"link": True}})
+            await peer_handler(reader, writer)
             return
         try:
             limit = timeout_s + _extra_wait(args)
@@ -73,8 +83,7 @@ async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         except Exception as exc:  # a bug in one handler must not take the daemon down
             log.exception("API handler %s failed", op)
             reply = {"id": rid, "ok": False, "error": {"code": "error", "message": f"{op}: {exc}"}}
-        writer.write(encode(reply))
-        await writer.drain()
+        await write_frame(writer, reply)
 
 
 def _extra_wait(args: dict[str, Any]) -> float:

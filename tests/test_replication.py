@@ -1,0 +1,156 @@
+"""Two and three meshd daemons linked through the local transport (no SSH, no root).
+
+The same peer protocol as over SSH (tests/test_lab_mesh.py runs it over real sshd in
+network namespaces); here each "host" is a meshd home with its own tmux server, and
+peers.conf names the others as ``local:<their home>``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Mesh, _make_mesh, rawreader_cmd
+
+
+def make(tmp: Path, name: str) -> Mesh:
+    (tmp / name).mkdir()
+    m = _make_mesh(tmp / name)
+    m.env["MESHD_HOST"] = name
+    m.env["MESHD_LINKS_ANTI_ENTROPY_S"] = "0.3"
+    m.env["MESHD_LINKS_BACKOFF_MAX_S"] = "0.5"
+    m.env["MESHD_LINKS_DEAD_AFTER_S"] = "3"
+    return m
+
+
+def link(*hosts: Mesh) -> None:
+    for m in hosts:
+        m.home.mkdir(parents=True, exist_ok=True)
+        others = [f"local:{o.home}" for o in hosts if o is not m]
+        (m.home / "peers.conf").write_text("".join(f"{x}\n" for x in others))
+
+
+def until(pred: Callable[[], object], timeout: float = 10, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout} s")
+        time.sleep(0.05)
+
+
+def agents(m: Mesh) -> dict[str, dict]:  # type: ignore[type-arg]
+    r = m.run("mesh", "agents", "--json")
+    assert r.returncode == 0, r.stderr
+    return {x["address"]: x for x in json.loads(r.stdout)}
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[Mesh, Mesh]]:
+    a, b = make(tmp_path, "alpha"), make(tmp_path, "beta")
+    link(a, b)
+    try:
+        yield a, b
+    finally:
+        for m in (a, b):
+            m.stop_daemon()
+            m.tmux.run("kill-server", check=False)
+
+
+def test_registry_replicates_and_marks_unreachable(pair: tuple[Mesh, Mesh]) -> None:
+    a, b = pair
+    a.new_window("one", "bash --norc")
+    b.new_window("two", "bash --norc")
+    a.start_daemon()
+    b.start_daemon()
+    until(lambda: {"alpha-main-one", "beta-main-two"} <= set(agents(a)), what="a sees b's agent")
+    until(lambda: {"alpha-main-one", "beta-main-two"} <= set(agents(b)), what="b sees a's agent")
+    peers = until(lambda: (p := json.loads(a.run("mesh", "peers", "--json").stdout))
+                  and p[0]["rtt_ms"] is not None and p, what="rtt measured")
+    assert peers[0]["up"] and peers[0]["host"] == "beta" and peers[0]["lag_events"] == 0  # type: ignore[index]
+    b.new_window("three", "bash --norc")
+    b.run("mesh", "resync")
+    until(lambda: "beta-main-three" in agents(a), what="a new window on b listed on a")
+    b.stop_daemon()
+    got = until(lambda: (x := agents(a)) and x["beta-main-two"]["state"] == "unreachable" and x,
+                what="b's agents marked unreachable")
+    assert got["beta-main-two"]["last_seen"]  # type: ignore[index]
+    assert "beta-main-two" in (a.home / "registry.toml").read_text()
+
+
+def test_cross_host_delivery_and_file(pair: tuple[Mesh, Mesh], tmp_path: Path) -> None:
+    a, b = pair
+    a.new_window("sender", "bash --norc")
+    log = b.root / "r.log"
+    log.touch()
+    b.new_window("reader", rawreader_cmd(log))
+    a.start_daemon()
+    b.start_daemon()
+    until(lambda: "beta-main-reader" in agents(a), what="remote agent listed")
+    r = a.run("notify-pane", "beta-main-reader", "across hosts")
+    assert r.returncode == 0, r.stderr
+    until(lambda: b"across hosts" in log.read_bytes(), what="remote delivery")
+    assert a.run("notify-pane", "beta-main-nobody", "x").returncode == 2
+    f = tmp_path / "report.md"
+    f.write_text("data")
+    r = a.run("notify-pane", "beta-main-reader", "--file", str(f), "see file")
+    assert r.returncode == 0, r.stderr
+    inbox = Path(b.env["HOME"]) / ".agent-inbox"
+    copied = until(lambda: list(inbox.rglob("report*.md")), what="file copied")
+    assert copied[0].read_text() == "data"  # type: ignore[index]
+    until(lambda: str(copied[0]).encode() in log.read_bytes(), what="path named")  # type: ignore[index]
+    # The delivery event is journaled on b and replicates back to a.
+    until(lambda: any(e["kind"] == "msg.delivered" and e["origin"] == "beta" for e in
+                      json.loads(a.run("mesh", "inbox", "--json").stdout)), what="event back on a")
+
+
+def test_queue_for_an_unreachable_host_delivers_exactly_once(pair: tuple[Mesh, Mesh]) -> None:
+    a, b = pair
+    a.new_window("sender", "bash --norc")
+    log = b.root / "r.log"
+    log.touch()
+    b.new_window("reader", rawreader_cmd(log))
+    a.start_daemon()
+    b.start_daemon()
+    until(lambda: "beta-main-reader" in agents(a), what="remote agent listed")
+    b.stop_daemon()
+    until(lambda: agents(a)["beta-main-reader"]["state"] == "unreachable", what="b down")
+    r = a.run("notify-pane", "beta-main-reader", "later please")
+    assert r.returncode == 4 and "not reachable" in r.stderr
+    r = a.run("notify-pane", "--queue", "beta-main-reader", "queued hello")
+    assert r.returncode == 0 and "queued" in r.stdout, r.stderr
+    b.start_daemon()
+    until(lambda: b"queued hello" in log.read_bytes(), what="queued message delivered")
+    time.sleep(1.5)
+    a.stop_daemon()
+    a.start_daemon()  # a restart re-reads the journal; the message must not come again
+    time.sleep(1.5)
+    assert log.read_bytes().count(b"queued hello") == 1
+
+
+def test_three_hosts_relay_through_the_middle(tmp_path: Path) -> None:
+    """a and c each know only b (a bridge): events still reach everyone through b."""
+    a, b, c = (make(tmp_path, n) for n in ("aa", "bb", "cc"))
+    try:
+        for m in (a, b, c):
+            m.home.mkdir(parents=True)
+        (a.home / "peers.conf").write_text(f"local:{b.home}\n")
+        (c.home / "peers.conf").write_text(f"local:{b.home}\n")
+        (b.home / "peers.conf").write_text("")
+        for m, w in ((a, "x"), (b, "y"), (c, "z")):
+            m.new_window(w, "bash --norc")
+            m.start_daemon()
+        want = {"aa-main-x", "bb-main-y", "cc-main-z"}
+        for m in (a, b, c):
+            until(lambda m=m: want <= set(agents(m)), what=f"{m.env['MESHD_HOST']} sees all")
+        regs = {m.env["MESHD_HOST"]: sorted(x for x in agents(m)) for m in (a, b, c)}
+        assert regs["aa"] == regs["bb"] == regs["cc"]
+    finally:
+        for m in (a, b, c):
+            m.stop_daemon()
+            m.tmux.run("kill-server", check=False)
