@@ -154,3 +154,57 @@ def test_three_hosts_relay_through_the_middle(tmp_path: Path) -> None:
         for m in (a, b, c):
             m.stop_daemon()
             m.tmux.run("kill-server", check=False)
+
+
+def test_r12_bad_frames_drop_the_link_never_the_daemon(tmp_path: Path) -> None:
+    """Malformed peer frames: truncated, huge length prefix, not JSON, deep nesting, wrong
+    schema, unknown kinds, frames before hello, bad events.  Each drops only that link."""
+    import random
+    import socket
+    import struct
+
+    from meshd.transport.frames import encode
+
+    m = make(tmp_path, "target")
+    m.new_window("w", "bash --norc")
+    m.start_daemon()
+    sock_path = str(m.home / "meshd" / "meshd.sock")
+    rnd = random.Random(12)
+    hello = {"t": "hello", "host": "evil", "generation": 1, "vv": {}}
+    cases: list[bytes] = [
+        struct.pack(">I", 100 * 1024 * 1024) + b"{",           # 100 MB length prefix
+        struct.pack(">I", 20) + b'{"v":1',                       # truncated
+        struct.pack(">I", 5) + b"\xff\xfe\x00\x01\x02",          # not UTF-8 / JSON
+        encode({"t": "events", "events": []}),                   # before hello
+        encode(hello) + encode({"t": "nope"}),                   # unknown kind
+        encode(hello) + encode({"t": "events", "events": [{"origin": "x"}]}),  # bad event
+        encode(hello) + encode({"t": "vv", "vv": [1, 2]}),       # bad version vector
+        encode(hello) + struct.pack(">I", 2) + b"[]",            # not an object
+        encode(hello) + (lambda b: struct.pack(">I", len(b)) + b)(
+            b'{"v":1,"t":"ping","ts":' + b"[" * 100 + b"]" * 100 + b"}"),  # deep nesting
+        encode({"v": 2, "t": "hello"})[0:0] + struct.pack(">I", 9) + b'{"v": 99}',  # schema
+    ]
+    for _ in range(200):
+        junk = bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 64)))
+        cases.append(encode(hello) + struct.pack(">I", len(junk)) + junk)
+    try:
+        for payload in cases:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(5)
+            s.connect(sock_path)
+            s.sendall(encode({"id": 0, "op": "link", "args": {}}) + payload)
+            try:
+                while s.recv(65536):
+                    pass  # the daemon answers (hello, maybe events), then hangs up on us
+            except (TimeoutError, ConnectionResetError):
+                pass
+            s.close()
+        st = m.run("mesh", "status", "--json")
+        assert st.returncode == 0, st.stderr
+        assert json.loads(st.stdout)["agents_local"] == 1
+        assert "evil" not in json.loads(st.stdout)["hosts"]
+        log = (m.home / "meshd" / "meshd.log").read_text()
+        assert "dropping the link" in log or "bad frame" in log
+    finally:
+        m.stop_daemon()
+        m.tmux.run("kill-server", check=False)
