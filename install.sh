@@ -60,6 +60,11 @@ Installs meshd for the current user (no root needed); re-run it to upgrade.
 Options:
   --uninstall   stop meshd and remove everything above except ${STATE_HOME} and ${INBOX}
   --purge       with --uninstall: delete ${STATE_HOME} and ${INBOX} as well
+  --peer-key    make a dedicated meshd SSH key (~/.ssh/meshd_ed25519, no passphrase) and
+                print the line a peer adds to its authorized_keys (or runs --authorize with)
+  --authorize=PUBKEY_FILE
+                let a peer's meshd key in: add it to ~/.ssh/authorized_keys restricted to
+                'meshd link' (restrict,command=...: no shell, PTY, forwarding or agent)
   -h, --help    show this help
 
 Environment: MESHD_HOME, MESHD_INBOX, MESHD_PYTHON, MESHD_PIP_ARGS,
@@ -544,13 +549,58 @@ print_summary() {
   fi
 }
 
+# --- dedicated peer key ------------------------------------------------------------------
+
+readonly PEER_KEY="$HOME/.ssh/meshd_ed25519"
+
+restricted_line() {  # $1 = public key line
+  local cmd="$BIN_DIR/meshd link"
+  printf 'restrict,command="%s" %s\n' "${cmd//\"/\\\"}" "$1"
+}
+
+do_peer_key() {
+  command -v ssh-keygen >/dev/null || die "ssh-keygen not found: sudo apt-get install -y openssh-client"
+  mkdir -p "$HOME/.ssh" && chmod 700 "$HOME/.ssh"
+  if [[ ! -f $PEER_KEY ]]; then
+    ssh-keygen -q -t ed25519 -N '' -C "meshd@$(hostname -s)" -f "$PEER_KEY"
+    say "created $PEER_KEY"
+  fi
+  local conf="$STATE_HOME/config.toml"
+  if [[ -f $conf ]] && ! grep -q '^identity_file' "$conf"; then
+    "$VENV/bin/mesh" config set links.identity_file "$PEER_KEY" >/dev/null 2>&1 ||
+      warn "could not set links.identity_file in $conf; set it to $PEER_KEY"
+  fi
+  say "on each peer, run:  ./install.sh --authorize=FILE  with FILE holding this line:"
+  cat "$PEER_KEY.pub"
+  say "or append this to the peer's ~/.ssh/authorized_keys:"
+  restricted_line "$(cat "$PEER_KEY.pub")"
+}
+
+do_authorize() {  # $1 = file with one public key line
+  [[ -r $1 ]] || die "cannot read public key file $1"
+  local key line auth="$HOME/.ssh/authorized_keys"
+  key=$(grep -m1 -E '^(ssh-|ecdsa-|sk-)' "$1") || die "$1 holds no SSH public key"
+  line=$(restricted_line "$key")
+  mkdir -p "$HOME/.ssh" && chmod 700 "$HOME/.ssh"
+  touch "$auth" && chmod 600 "$auth"
+  local blob=${key#* }; blob=${blob%% *}
+  if grep -qF "$blob" "$auth"; then
+    say "that key is already in $auth (left as it is)"
+    return
+  fi
+  printf '%s\n' "$line" >>"$auth"
+  say "authorized the meshd key from $1, restricted to 'meshd link'"
+}
+
 main() {
-  local uninstall=0 purge=0 arg
+  local uninstall=0 purge=0 peer_key=0 authorize='' arg
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/meshd-install.XXXXXX")
   for arg in "$@"; do
     case $arg in
       --uninstall) uninstall=1 ;;
       --purge) purge=1 ;;
+      --peer-key) peer_key=1 ;;
+      --authorize=*) authorize=${arg#--authorize=} ;;
       -h | --help) usage; exit 0 ;;
       *) usage >&2; printf '\nmeshd: error: unknown argument: %s\n' "$arg" >&2; exit 2 ;;
     esac
@@ -560,6 +610,8 @@ main() {
     printf '\nmeshd: error: --purge only goes with --uninstall\n' >&2
     exit 2
   fi
+  if [[ -n $authorize ]]; then do_authorize "$authorize"; exit 0; fi
+  if ((peer_key)); then do_peer_key; exit 0; fi
   if ((uninstall)); then do_uninstall "$purge"; else do_install; fi
 }
 

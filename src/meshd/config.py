@@ -72,6 +72,8 @@ class DeliveryConfig:
 class LinksConfig:
     remote_command: str = _k("~/.local/bin/meshd link",
                              "command a peer runs over SSH to reach this host's meshd")
+    identity_file: str = _k("", "private key for peer links (install.sh --peer-key); empty: "
+                                "~/.ssh/config, the agent and default keys")
     connect_timeout_s: float = _k(5.0, "seconds to open an SSH link", lo=0.5, hi=120)
     keepalive_interval_s: float = _k(2.0, "seconds between SSH keepalives", lo=0.5, hi=300)
     keepalive_count: int = _k(3, "unanswered keepalives before a link is declared dead", lo=1, hi=100)

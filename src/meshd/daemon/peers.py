@@ -314,7 +314,8 @@ class PeerManager:
         return await open_link(alias, self.cfg.remote_command,
                                connect_timeout_s=self.cfg.connect_timeout_s,
                                keepalive_interval_s=self.cfg.keepalive_interval_s,
-                               keepalive_count=self.cfg.keepalive_count)
+                               keepalive_count=self.cfg.keepalive_count,
+                               identity_file=self.cfg.identity_file)
 
     async def drain(self, timeout_s: float) -> None:
         """After ``run`` ended: give the sessions peers dialled in a moment to finish."""

@@ -70,12 +70,14 @@ class SshLink:
 
 
 async def open_link(alias: str, remote_command: str, *, connect_timeout_s: float,
-                    keepalive_interval_s: float, keepalive_count: int) -> SshLink:
+                    keepalive_interval_s: float, keepalive_count: int,
+                    identity_file: str = "") -> SshLink:
     """Connect to ``alias`` and start ``remote_command`` (``meshd link``) there."""
+    keys: dict[str, Any] = {"client_keys": [os.path.expanduser(identity_file)]} if identity_file else {}
     try:
         conn = await asyncssh.connect(
             alias, connect_timeout=connect_timeout_s, login_timeout=connect_timeout_s,
-            keepalive_interval=keepalive_interval_s, keepalive_count_max=keepalive_count)
+            keepalive_interval=keepalive_interval_s, keepalive_count_max=keepalive_count, **keys)
     except asyncssh.HostKeyNotVerifiable as exc:
         raise TransportError(f"{alias}: host key refused ({exc.reason}); not linking",
                              hint=f"verify the key, then `ssh {alias}` once to accept it") from None
