@@ -29,6 +29,7 @@ from typing import Any
 from meshd import config as config_mod
 from meshd.daemon.pidlock import running_pid
 from meshd.errors import MeshError, TmuxError
+from meshd.files import read_line_file
 from meshd.paths import StatePaths
 from meshd.tmux.runner import NoTmuxServer, Tmux
 from meshd.transport import client
@@ -297,9 +298,26 @@ def check_path(ctx: Context) -> Check:
     return Check("PATH", Status.OK, f"notify-pane is {found}")
 
 
+# -- peers ----------------------------------------------------------------------------------
+def check_peers(ctx: Context) -> Check:
+    if not read_line_file(ctx.paths.peers_conf):
+        return Check("peers", Status.OK, f"single host (no aliases in {ctx.paths.peers_conf})")
+    try:
+        links = client.call(ctx.paths.socket, "peers", timeout_s=3.0)
+    except MeshError:
+        return Check("peers", Status.WARN, "meshd is not running, so no links are up", "mesh up")
+    down = [p for p in links if not p["up"]]
+    if not down:
+        return Check("peers", Status.OK, f"{len(links)} link(s) up: "
+                     + ", ".join(f"{p['alias']} ({p['host']})" for p in links))
+    detail = "; ".join(f"{p['alias']}: {p['error'] or 'down'}" for p in down)
+    return Check("peers", Status.WARN, f"{len(down)} of {len(links)} link(s) down: {detail}",
+                 "check `ssh ALIAS true` works without a prompt, and that meshd runs there")
+
+
 CHECKS: tuple[Callable[[Context], Check], ...] = (
     check_tmux, check_ssh, check_sshd, check_python, check_state_dir, check_config,
-    check_daemon, check_tmux_hooks, check_tmux_conf, check_service, check_path,
+    check_daemon, check_tmux_hooks, check_tmux_conf, check_service, check_path, check_peers,
 )
 
 
