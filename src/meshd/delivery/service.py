@@ -168,7 +168,7 @@ def _submit(tmux: Tmux, row: PaneRow, tool: str, opts: SendOptions, receipt: Rec
     # Measured paste windows for known tools; the configured delay for anything else.
     settle = opts.enter_delay_s if tool == "other" else cl.PASTE_SETTLE_S.get(tool, opts.enter_delay_s)
     time.sleep(settle)
-    before = _input_view(*_look(tmux, row.pane_id, row.pane_pid))
+    before = _settled_view(tmux, row)
     for _ in range(1 + opts.enter_retries):
         if not tp.press_enter(tmux, row.pane_id, row.pane_pid):
             raise TmuxError(f"{row.pane_id} went away before Enter; the text was pasted "
@@ -177,6 +177,23 @@ def _submit(tmux: Tmux, row: PaneRow, tool: str, opts: SendOptions, receipt: Rec
         if _await_submit(tmux, row, tool, before, opts.verify_timeout_s):
             receipt.submitted = True
             return
+
+
+def _settled_view(tmux: Tmux, row: PaneRow, limit_s: float = 1.0) -> tuple[int, int, tuple[str, ...]]:
+    """The screen once the paste's echo has stopped changing it (bounded by ``limit_s``).
+
+    The submit check compares against this view, so a late echo of the pasted text is
+    never mistaken for the submit.
+    """
+    deadline = time.monotonic() + limit_s
+    view = _input_view(*_look(tmux, row.pane_id, row.pane_pid))
+    stable = 0
+    while stable < 2 and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+        again = _input_view(*_look(tmux, row.pane_id, row.pane_pid))
+        stable = stable + 1 if again == view else 0
+        view = again
+    return view
 
 
 def _input_view(row: PaneRow, lines: list[str]) -> tuple[int, int, tuple[str, ...]]:
