@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_missing=()
-for pair in tmux:tmux ssh:openssh-client sshd:openssh-server ps:procps git:git; do
+for pair in tmux:tmux ssh:openssh-client sshd:openssh-server ps:procps git:git ip:iproute2 \
+            nft:nftables setfacl:acl runuser:util-linux useradd:passwd node:nodejs npm:npm; do
     cmd=${pair%%:*} pkg=${pair#*:}
     if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
         apt_missing+=("$pkg")

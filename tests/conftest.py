@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from lab import Lab, need_lab
 
 from meshd.tmux.runner import Tmux
 
@@ -112,3 +113,17 @@ def live_mesh(mesh: Mesh) -> Mesh:
 def rawreader_cmd(log: Path, prompt: str = "> ", burst_ms: int = 0) -> str:
     burst = f" --burst-ms {burst_ms}" if burst_ms else ""
     return f"{shutil.which('python3') or sys.executable} {RAWREADER} {log} --prompt '{prompt}'{burst}"
+
+
+@pytest.fixture(scope="module")
+def lab_module() -> Iterator[Lab]:
+    """Three hosts (network namespaces, own users, real sshd); needs root (docs/lab.md)."""
+    need_lab()
+    with Lab(3) as lab:
+        yield lab
+
+
+@pytest.fixture
+def lab(lab_module: Lab) -> Lab:
+    lab_module.reset()
+    return lab_module
