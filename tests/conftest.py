@@ -40,7 +40,7 @@ class Mesh:
     def run(self, *argv: str, input: bytes | None = None, timeout: float = 60,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``mesh``/``notify-pane``/``meshd`` (by module) in this mesh's environment."""
-        module = {"mesh": "meshd.cli.mesh_main", "notify-pane": "meshd.cli.notify",
+        module = {"mesh": "meshd.cli.mesh_entry", "notify-pane": "meshd.cli.notify",
                   "meshd": "meshd.cli.daemon_main"}[argv[0]]
         code = (f"import sys; from {module} import main; sys.argv[0] = {argv[0]!r}; "
                 "sys.exit(main())")

@@ -408,7 +408,7 @@ class Host:
     # meshd
     def mesh(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,
              timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return self.python("-m", "meshd.cli.mesh_main", *args, env=env, input=input, timeout=timeout)
+        return self.python("-m", "meshd.cli.mesh_entry", *args, env=env, input=input, timeout=timeout)
 
     def notify(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,
                timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -175,7 +175,7 @@ def test_tmux_hooks_wake_the_daemon(live_mesh: Mesh) -> None:
     wrapper = m.root / "mesh-wrapper"
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in m.env.items()
                       if k.startswith("MESHD_") or k in ("HOME", "PATH"))
-    wrapper.write_text(f"#!/bin/sh\n{exports}exec {sys.executable} -m meshd.cli.mesh_main \"$@\"\n")
+    wrapper.write_text(f"#!/bin/sh\n{exports}exec {sys.executable} -m meshd.cli.mesh_entry \"$@\"\n")
     wrapper.chmod(0o755)
     block = (Path(__file__).parent.parent / "hooks" / "meshd.tmux.conf").read_text()
     conf = m.root / "hooks.conf"

@@ -178,7 +178,7 @@ class Daemon:
     async def _views_loop(self) -> None:
         while True:
             await self._views_wanted.wait()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.01)  # gather a burst of remote events into one write
             self._views_wanted.clear()
             try:
                 await asyncio.to_thread(self.write_views)

@@ -7,6 +7,7 @@ Processes that vanish mid-read are skipped, never raised.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 
 import psutil
@@ -25,8 +26,53 @@ def process_table() -> dict[int, tuple[int, Proc]]:
     return table
 
 
+def _children(pid: int) -> list[int] | None:
+    """Child pids from /proc (Linux with CONFIG_PROC_CHILDREN); None where unavailable."""
+    try:
+        entries = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    out: list[int] = []
+    for tid in entries:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                out += [int(x) for x in fh.read().split()]
+        except FileNotFoundError:
+            return None if tid == str(pid) else out
+        except OSError:
+            continue
+    return out
+
+
+def _proc(pid: int) -> Proc | None:
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            return Proc(pid, p.name(), tuple(p.cmdline()))
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
 def trees(roots: list[int], table: dict[int, tuple[int, Proc]] | None = None) -> dict[int, list[Proc]]:
-    """For each root pid, [root, descendants...] breadth-first; [] for a vanished root."""
+    """For each root pid, [root, descendants...] breadth-first; [] for a vanished root.
+
+    Walks only the panes' own subtrees through /proc/<pid>/task/*/children, so a scan
+    costs in proportion to the panes' processes, not the whole machine's; falls back to
+    one pass over the process table where the kernel lacks that file.
+    """
+    if table is None and _children(os.getpid()) is not None:
+        out: dict[int, list[Proc]] = {}
+        for root in roots:
+            chain: list[Proc] = []
+            queue = deque([root])
+            while queue:
+                pid = queue.popleft()
+                proc = _proc(pid)
+                if proc is not None:
+                    chain.append(proc)
+                    queue.extend(sorted(_children(pid) or ()))
+            out[root] = chain
+        return out
     table = process_table() if table is None else table
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
