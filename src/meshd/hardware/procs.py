@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable
 
 import psutil
 
@@ -61,31 +62,27 @@ def trees(roots: list[int], table: dict[int, tuple[int, Proc]] | None = None) ->
     one pass over the process table where the kernel lacks that file.
     """
     if table is None and _children(os.getpid()) is not None:
-        out: dict[int, list[Proc]] = {}
-        for root in roots:
-            chain: list[Proc] = []
-            queue = deque([root])
-            while queue:
-                pid = queue.popleft()
-                proc = _proc(pid)
-                if proc is not None:
-                    chain.append(proc)
-                    queue.extend(sorted(_children(pid) or ()))
-            out[root] = chain
-        return out
+        return _walk(roots, _proc, lambda pid: _children(pid) or [])
     table = process_table() if table is None else table
-    children: dict[int, list[int]] = {}
+    kids: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
+        kids.setdefault(ppid, []).append(pid)
+    return _walk(roots, lambda pid: table[pid][1] if pid in table else None,
+                 lambda pid: kids.get(pid, []))
+
+
+def _walk(roots: list[int], proc_of: Callable[[int], Proc | None],
+          children_of: Callable[[int], list[int]]) -> dict[int, list[Proc]]:
     out: dict[int, list[Proc]] = {}
     for root in roots:
         chain: list[Proc] = []
         queue = deque([root])
         while queue:
             pid = queue.popleft()
-            if pid in table:
-                chain.append(table[pid][1])
-                queue.extend(sorted(children.get(pid, ())))
+            proc = proc_of(pid)
+            if proc is not None:
+                chain.append(proc)
+                queue.extend(sorted(children_of(pid)))
         out[root] = chain
     return out
 
