@@ -90,6 +90,16 @@ class LinksConfig:
 
 
 @dataclass(frozen=True)
+class LocksConfig:
+    ttl_s: float = _k(15.0, "default lease of a lock, renewed by meshd while its holder lives",
+                      lo=1, hi=86400)
+    grace_s: float = _k(5.0, "seconds a holder on an unreachable host keeps its locks past its lease",
+                        lo=0, hi=3600)
+    lock_delay_s: float = _k(15.0, "seconds an expired lock stays blocked for other holders",
+                             lo=0, hi=3600)
+
+
+@dataclass(frozen=True)
 class Config:
     host: str = _k("", "this host's name in addresses; empty: self.conf, else the short hostname")
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -97,6 +107,7 @@ class Config:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     links: LinksConfig = field(default_factory=LinksConfig)
+    locks: LocksConfig = field(default_factory=LocksConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {

@@ -19,6 +19,7 @@ import click
 
 from meshd import __version__
 from meshd.cli import ops
+from meshd.cli.lock_cmd import lock
 from meshd.errors import DaemonNotRunning, MeshError, UsageError
 from meshd.paths import StatePaths
 from meshd.transport import client
@@ -367,6 +368,7 @@ def config_path() -> None:
 
 for _cmd in ops.COMMANDS:
     main.add_command(_cmd)
+main.add_command(lock)
 
 
 if __name__ == "__main__":

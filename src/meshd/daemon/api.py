@@ -8,6 +8,7 @@ inbox, stop.  Errors are MeshErrors; the transport turns them into
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshd import __version__
+from meshd.daemon import locks_api
 from meshd.delivery import classify as cl
 from meshd.delivery.inbox import deposit
 from meshd.delivery.message import compose
@@ -43,6 +45,7 @@ class Api:
                 "ping", "status", "agents", "resolve", "whoami", "send", "hook", "resync",
                 "reload", "log", "inbox", "stop", "peers")
         }
+        self.ops.update({name: functools.partial(fn, daemon) for name, fn in locks_api.OPS.items()})
 
     async def handle(self, op: str, args: dict[str, Any]) -> Any:
         fn = self.ops.get(op)

@@ -27,13 +27,14 @@ from typing import Any
 
 from meshd import config as config_mod
 from meshd.config import Config
-from meshd.daemon import pending
+from meshd.daemon import locks_api, pending
 from meshd.daemon.discovery import Discovered, discover
 from meshd.daemon.pidlock import PidLock
 from meshd.errors import ConfigError, MeshError
 from meshd.files import atomic_write, dump_toml, private_dir, remove_stale_temps
 from meshd.journal.event import Event
 from meshd.journal.store import Journal
+from meshd.locks.service import LockService
 from meshd.paths import StatePaths
 from meshd.registry.fold import Agent, Registry, changes, fold
 from meshd.registry.views import render
@@ -60,6 +61,7 @@ class Daemon:
         self._queue_wanted = asyncio.Event()
         self.last_seen: dict[str, float] = {}   # peer host -> wall time its link was last up
         self.done_ids: set[str] = set()          # message ids delivered or dropped, mesh-wide
+        self.locks: LockService | None = None
         from meshd.daemon.api import Api  # the API needs a constructed daemon
         from meshd.daemon.peers import PeerManager
 
@@ -75,6 +77,8 @@ class Daemon:
         finally:
             if self.journal is not None:
                 self.journal.close()
+            if self.locks is not None:
+                self.locks.close()
             with contextlib.suppress(FileNotFoundError):
                 self.paths.socket.unlink()
             self._lock.release()
@@ -90,6 +94,7 @@ class Daemon:
         self._note(past)
         await self.record("host.seen", {"host": self.host, "generation": self.journal.generation,
                                         "pid": os.getpid()})
+        self.locks = await asyncio.to_thread(locks_api.attach, self)
         imported = await asyncio.to_thread(pending.drain, self.paths, self.journal)
         if imported:
             log.info("imported %d events recorded while meshd was down", imported)
@@ -110,14 +115,14 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 loops = [tg.create_task(self._scan_loop()), tg.create_task(self._rescan_timer()),
                          tg.create_task(self._views_loop()), tg.create_task(self._queue_loop()),
-                         tg.create_task(self.peers.run())]
+                         tg.create_task(self.peers.run()), tg.create_task(locks_api.run_ticker(self))]
                 await self._stop.wait()
                 server.close()
                 for t in loops:
                     t.cancel()
             await self.peers.drain(1.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), self.cfg.daemon.shutdown_timeout_s)
+            server.close()
+            await server.wait_closed(self.cfg.daemon.shutdown_timeout_s)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)

@@ -1,1 +1,1 @@
-"""File and name locks: modes and their compatibility (the lock service comes next)."""
+"""File and name locks: modes, the pure lock table, deadlock detection, the SQLite store, the service."""

@@ -25,27 +25,50 @@ Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 PeerHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
+class UnixServer:
+    """The listening socket and its open client connections."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.clients: set[asyncio.StreamWriter] = set()
+
+    def close(self) -> None:
+        """Stop listening and end every open connection (their sessions see EOF and return)."""
+        if self.server is not None:
+            self.server.close()
+        for w in list(self.clients):
+            w.close()
+
+    async def wait_closed(self, timeout_s: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.clients and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+
 async def serve(path: Path, handler: Handler, *, max_frame: int, timeout_s: float,
-                peer_handler: PeerHandler | None = None) -> asyncio.Server:
+                peer_handler: PeerHandler | None = None) -> UnixServer:
     """Bind the socket (mode 0600) and serve until the returned server is closed."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+    us = UnixServer()
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        us.clients.add(writer)
         try:
             await _session(reader, writer, handler, peer_handler, max_frame, timeout_s)
         finally:
+            us.clients.discard(writer)
             writer.close()
             with contextlib.suppress(OSError, ConnectionError):
                 await writer.wait_closed()
 
     old = os.umask(0o077)
     try:
-        server = await asyncio.start_unix_server(on_client, path=str(path))
+        us.server = await asyncio.start_unix_server(on_client, path=str(path))
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
-    return server
+    return us
 
 
 async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

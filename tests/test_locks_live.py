@@ -1,0 +1,65 @@
+"""Locks through a real daemon and real tmux panes: CLI, exit codes, fencing, pane death."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from conftest import Mesh
+
+
+def as_pane(m: Mesh, pane: str) -> dict[str, str]:
+    return {"TMUX": f"{m.tmux.socket},1,0", "TMUX_PANE": pane}
+
+
+def test_lock_lifecycle_between_two_pane_agents(live_mesh: Mesh, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    m = live_mesh
+    p1 = m.new_window("one", "bash --norc")
+    p2 = m.new_window("two", "bash --norc")
+    m.run("mesh", "resync")
+    target = tmp_path / "src"
+    target.mkdir()
+    r = m.run("mesh", "lock", "acquire", str(target), "--mode", "intent", "--json", env=as_pane(m, p1))
+    assert r.returncode == 0, r.stderr
+    grant = json.loads(r.stdout)
+    assert {"token", "mode", "target", "holder", "home", "expires_in"} <= set(grant)
+    assert grant["holder"] == "testhost-main-one" and grant["target"] == str(target)
+    # A file inside the folder conflicts for another agent: exit 3, naming the holder.
+    r = m.run("mesh", "lock", "acquire", str(target / "a.py"), "--mode", "write", env=as_pane(m, p2))
+    assert r.returncode == 3 and "testhost-main-one" in (r.stderr + r.stdout)
+    # READ shares with INTENT.
+    assert m.run("mesh", "lock", "acquire", str(target / "b.py"), "--mode", "read",
+                 env=as_pane(m, p2)).returncode == 0
+    # Upgrade INTENT -> WRITE waits for the reader; release the reader, then it is granted.
+    assert m.run("mesh", "lock", "release", str(target / "b.py"), env=as_pane(m, p2)).returncode == 0
+    r = m.run("mesh", "lock", "acquire", str(target), "--mode", "write", "--json", env=as_pane(m, p1))
+    assert r.returncode == 0, r.stderr
+    token = json.loads(r.stdout)["token"]
+    assert token > grant["token"]
+    assert m.run("mesh", "lock", "check", str(target), "--token", str(token)).returncode == 0
+    assert m.run("mesh", "lock", "check", str(target), "--token", str(grant["token"])).returncode != 0
+    # A non-owner cannot release it (L5).
+    assert m.run("mesh", "lock", "release", str(target), env=as_pane(m, p2)).returncode == 3
+    # The holder's pane dies: the lock goes with it, and is journaled.
+    m.tmux.run("kill-pane", "-t", p1)
+    m.run("mesh", "resync")
+    deadline = time.monotonic() + 10
+    while m.run("mesh", "lock", "check", str(target), "--token", str(token)).returncode == 0:
+        assert time.monotonic() < deadline, "lock outlived its holder's pane"
+        time.sleep(0.2)
+    kinds = {e["kind"] for e in json.loads(m.run("mesh", "log", "--json", "-n", "500").stdout)}
+    assert {"lock.granted", "lock.released"} <= kinds
+
+
+def test_lock_run_holds_for_the_command_and_passes_the_token(live_mesh: Mesh, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    m = live_mesh
+    target = tmp_path / "file.txt"
+    out = tmp_path / "out"
+    r = m.run("mesh", "lock", "run", str(target), "--mode", "write", "--", "sh", "-c",
+              f"echo $MESH_LOCK_TOKEN > {out}; exit 7")
+    assert r.returncode == 7, r.stderr
+    token = int(out.read_text())
+    assert token > 0
+    assert m.run("mesh", "lock", "check", str(target), "--token", str(token)).returncode != 0
+    listing = json.loads(m.run("mesh", "lock", "list", "--json").stdout)
+    assert not listing["grants"]
