@@ -468,7 +468,7 @@ class Host:
         os.chown(path, self.uid, self.gid)
 
     def _write_mesh_state(self) -> None:
-        peers = [h.name for h in self.peers]  # anchor first: a for everyone, b for a itself
+        peers = [h.name for h in self.lab]  # the same list everywhere, this host too; a = anchor
         self._write_user_file(".agents/self.conf", self.name + "\n")
         self._write_user_file(".agents/peers.conf", "\n".join(peers) + "\n")
 

@@ -116,8 +116,8 @@ def test_three_hosts_up(lab3: Lab) -> None:
         assert f"inet {h.addr}/24" in h.run_root(["ip", "-o", "addr", "show", "eth0"]).stdout
         assert h.sshd_pid() is not None
         assert (h.agents_dir / "self.conf").read_text() == f"{h.name}\n"
-    assert (lab3["a"].agents_dir / "peers.conf").read_text() == "b\nc\n"
-    assert (lab3["c"].agents_dir / "peers.conf").read_text() == "a\nb\n"
+    assert (lab3["a"].agents_dir / "peers.conf").read_text() == "a\nb\nc\n"
+    assert (lab3["c"].agents_dir / "peers.conf").read_text() == "a\nb\nc\n"
     assert len({h.uid for h in lab3}) == 3
 
 

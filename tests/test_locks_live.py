@@ -63,3 +63,42 @@ def test_lock_run_holds_for_the_command_and_passes_the_token(live_mesh: Mesh, tm
     assert m.run("mesh", "lock", "check", str(target), "--token", str(token)).returncode != 0
     listing = json.loads(m.run("mesh", "lock", "list", "--json").stdout)
     assert not listing["grants"]
+
+
+def test_locks_have_one_home_across_hosts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """@names are decided by the anchor, HOST:/path by HOST: requests from other hosts are
+    forwarded over the link, and an unreachable home fails (exit 4) instead of granting."""
+    from test_replication import agents, link, make, until
+
+    a, b = make(tmp_path, "alpha"), make(tmp_path, "beta")
+    link(a, b)  # a's peers.conf: beta; b's: alpha (so alpha is b's anchor)
+    (a.home / "peers.conf").write_text(f"local:{a.home}\nlocal:{b.home}\n")
+    try:
+        pa = a.new_window("one", "bash --norc")
+        pb = b.new_window("two", "bash --norc")
+        a.start_daemon()
+        b.start_daemon()
+        until(lambda: "alpha-main-one" in agents(b) and "beta-main-two" in agents(a), what="linked")
+        r = b.run("mesh", "lock", "acquire", "@deploy", "--json", env=as_pane(b, pb))
+        assert r.returncode == 0, r.stderr
+        grant = json.loads(r.stdout)
+        assert grant["home"] == "alpha" and grant["holder"] == "beta-main-two"
+        r = a.run("mesh", "lock", "acquire", "@deploy", env=as_pane(a, pa))
+        assert r.returncode == 3 and "beta-main-two" in r.stderr + r.stdout
+        assert a.run("mesh", "lock", "check", "@deploy", "--token", str(grant["token"])).returncode == 0
+        # A path on alpha, locked from beta.
+        target = f"alpha:{tmp_path}/shared.txt"
+        r = b.run("mesh", "lock", "acquire", target, "--json", env=as_pane(b, pb))
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["home"] == "alpha"
+        assert a.run("mesh", "lock", "acquire", f"{tmp_path}/shared.txt",
+                     env=as_pane(a, pa)).returncode == 3
+        # The home goes away: no grant anywhere, exit 4.
+        a.stop_daemon()
+        until(lambda: agents(b)["alpha-main-one"]["state"] == "unreachable", what="alpha down")
+        r = b.run("mesh", "lock", "acquire", "@other", env=as_pane(b, pb))
+        assert r.returncode == 4 and "home alpha unreachable" in r.stderr
+    finally:
+        for m in (a, b):
+            m.stop_daemon()
+            m.tmux.run("kill-server", check=False)

@@ -17,6 +17,7 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,9 +51,13 @@ def _call(op: str, args: dict[str, Any], timeout_s: float = 30.0) -> Any:
     return client.call(StatePaths.from_env().socket, op, args, timeout_s)
 
 
+_REMOTE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*:/")
+
+
 def normalize_target(target: str) -> str:
-    """``@name`` as is; a path made absolute with the symlinks of its existing part resolved."""
-    if target.startswith("@"):
+    """``@name`` as is; ``HOST:/path`` (a path on another host) as is; a local path made
+    absolute with symlinks resolved."""
+    if target.startswith("@") or _REMOTE.match(target):
         return target
     return os.path.realpath(os.path.abspath(os.path.expanduser(target)))
 

@@ -260,6 +260,8 @@ class Api:
             return await self._deliver_local(entry, str(args.get("sender") or from_host),
                                              str(args.get("text", "")), args.get("file"), args,
                                              str(args.get("message_id") or new_message_id()))
+        if op == "lock_op":
+            return await locks_api.peer_lock_op(self.d, args)
         if op == "agent_states":
             return await asyncio.to_thread(self._states, self.d.registry.of_host(self.d.host))
         raise UsageError(f"peer op {op!r} is not allowed")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 from typing import Any, Protocol
@@ -150,8 +151,46 @@ async def op_lock_list(daemon: LocksDaemon, args: dict[str, Any]) -> dict[str, A
     }
 
 
-OPS = {"lock_acquire": op_lock_acquire, "lock_release": op_lock_release,
-       "lock_renew": op_lock_renew, "lock_check": op_lock_check, "lock_list": op_lock_list}
+LOCAL_OPS = {"lock_acquire": op_lock_acquire, "lock_release": op_lock_release,
+             "lock_renew": op_lock_renew, "lock_check": op_lock_check, "lock_list": op_lock_list}
+
+
+def _forwarding(name: str) -> Any:
+    """The op as the CLI calls it: run here when this host is the target's home, else on
+    the home over the peer link (``peer_lock_op``).  The holder is resolved here, where
+    the caller is; an unreachable home fails with exit 4 and never grants anywhere else."""
+    async def op(daemon: LocksDaemon, args: dict[str, Any]) -> dict[str, Any]:
+        raw = str(args.get("target") or "")
+        home, target = split_target(daemon, raw) if raw else (daemon.host, raw)
+        local = {**args, "target": target} if raw else args
+        if home == daemon.host:
+            return await LOCAL_OPS[name](daemon, local)
+        if name != "lock_list":
+            local = {**local, "holder": holder_of(daemon, args)}
+        peers = getattr(daemon, "peers", None)
+        if peers is None:
+            raise TransportError(f"home {home} unreachable: this meshd has no links")
+        try:
+            result: dict[str, Any] = await peers.call(home, "lock_op", {"op": name, "args": local})
+        except TransportError as exc:
+            raise TransportError(f"home {home} unreachable: {exc.message}",
+                                 hint=f"{raw} is decided only by {home}; nothing was granted") from None
+        return result
+    return op
+
+
+OPS = {name: _forwarding(name) for name in LOCAL_OPS}
+
+
+async def peer_lock_op(daemon: LocksDaemon, args: dict[str, Any]) -> dict[str, Any]:
+    """A lock op forwarded by another host: this host must be the target's home."""
+    name = str(args.get("op"))
+    if name not in LOCAL_OPS:
+        raise UsageError(f"unknown lock op {name!r}")
+    inner = dict(args.get("args") or {})
+    if inner.get("target") and home_of(daemon, str(inner["target"])) != daemon.host:
+        raise TransportError(f"{inner['target']} is not homed on {daemon.host}")
+    return await LOCAL_OPS[name](daemon, inner)
 
 
 # -- the lease ticker ----------------------------------------------------------------------
@@ -194,7 +233,11 @@ def liveness(daemon: LocksDaemon, holder: str) -> Liveness:
     if entry is None:
         # An address of this host that the registry no longer holds: its pane closed.
         return Liveness.DEAD if holder.startswith(f"{slug(daemon.host)}-") else Liveness.ABSENT
-    return Liveness.ALIVE if entry.agent.host == daemon.host else Liveness.UNKNOWN
+    if entry.agent.host == daemon.host:
+        return Liveness.ALIVE
+    peers = getattr(daemon, "peers", None)
+    up = peers.hosts_up() if peers is not None else set()
+    return Liveness.ALIVE if entry.agent.host in up else Liveness.UNKNOWN
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -218,21 +261,37 @@ def holder_of(daemon: LocksDaemon, args: dict[str, Any]) -> str:
     return holder
 
 
+_REMOTE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*):(/.*)$")
+
+
+def split_target(daemon: LocksDaemon, target: str) -> tuple[str, str]:
+    """(home host, target as the home names it).  ``HOST:/path`` is a path on HOST; a plain
+    path is this host's; an ``@name`` is decided by the anchor (first line of peers.conf)."""
+    m = _REMOTE.match(target)
+    if m:
+        host = m.group(1)
+        return (daemon.host if host in _names_of_this_host(daemon.host) else host), m.group(2)
+    return home_of(daemon, target), target
+
+
 def home_of(daemon: LocksDaemon, target: str) -> str:
     """The host that decides ``target``: a path's is this host; an ``@name``'s is the anchor
     (first line of peers.conf; none means a one-host mesh, so this host)."""
     if not target.startswith("@"):
         return daemon.host
-    peers = read_line_file(daemon.paths.peers_conf)
-    anchor = peers[0].split()[0] if peers else daemon.host
+    peers = getattr(daemon, "peers", None)
+    if peers is not None:
+        return str(peers.anchor())
+    lines = read_line_file(daemon.paths.peers_conf)
+    anchor = lines[0].split()[0] if lines else daemon.host
     return daemon.host if anchor in _names_of_this_host(daemon.host) else anchor
 
 
 def _home(daemon: LocksDaemon, target: str) -> str:
     home = home_of(daemon, target)
     if home != daemon.host:
-        raise TransportError(f"home {home} unreachable (multi-host lock forwarding not yet linked)",
-                             hint=f"{target} is decided by {home}, the anchor in peers.conf")
+        raise TransportError(f"home {home} unreachable: {target} is decided there",
+                             hint="see `mesh peers`; the anchor is the first line of peers.conf")
     return home
 
 

@@ -182,7 +182,9 @@ class PeerSession:
         if kind == "hello":
             self.host, self.generation = str(f["host"]), int(f["generation"])
             if self.host == self.mgr.host:
-                raise SessionClosed("this link loops back to this host; check peers.conf")
+                if self.alias in self.mgr.links:  # peers.conf lists this host itself: fine
+                    self.mgr.links[self.alias].host = self.host
+                raise SessionClosed("this alias is this host itself")
             self.peer_vv = _vv(f["vv"])
             self.mgr.register(self)
             self.send_events(await self.mgr.missing_for(self.peer_vv))
@@ -303,6 +305,9 @@ class PeerManager:
                 finally:
                     link.close()
                     st.ssh, st.up = None, False
+                if st.host == self.host:
+                    log.info("%s is this host; not linking to it", alias)
+                    return
                 if time.monotonic() - started > 5:
                     delay = 0.1
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
@@ -392,6 +397,8 @@ class PeerManager:
         mine = j.vv if j else {}
         out = []
         for alias, st in sorted(self.links.items()):
+            if st.host == self.host:
+                continue
             sess = [s for s in self.sessions if s.host and s.host == st.host]
             rtts = [s.rtt_ms for s in sess if s.rtt_ms is not None]
             peer_vv = max((s.peer_vv for s in sess), key=lambda v: sum(v.values()), default={})
