@@ -210,3 +210,35 @@ def test_tables_cover_the_agent_tools() -> None:
         assert tool in QUEUES_WHILE_BUSY and tool in PASTE_SETTLE_S
     assert QUEUES_WHILE_BUSY["codex"] is False
     assert QUEUES_WHILE_BUSY["claude"] and QUEUES_WHILE_BUSY["gemini"]
+
+
+def _with_row(rec: dict[str, Any], row: int, text: str) -> PaneSnapshot:
+    lines = list(rec["lines"])
+    lines[row] = text
+    return snapshot_of(rec, lines=tuple(lines))
+
+
+@pytest.mark.parametrize(("program", "text"), [
+    ("claude", "● Do you want to proceed? 1. Yes 2. No — Esc to cancel"),
+    ("codex", "• Would you like to run the following command? Press enter to confirm"),
+    ("gemini", "✦ Allow execution of [Shell]? Do you trust this folder?"),
+])
+def test_dialog_words_in_the_transcript_do_not_make_a_dialog(program: str, text: str) -> None:
+    """Model output may quote a dialog; only the live input area decides."""
+    rec = load(CORPUS / program / "idle__120x40__2.json")
+    snap = _with_row(rec, 8, text)
+    assert classify(snap).state is PaneState.IDLE, classify(snap)
+
+
+def test_codex_numbered_draft_is_a_draft_not_a_menu() -> None:
+    rec = load(CORPUS / "codex" / "idle__120x40__2.json")
+    row = rec["cursor_y"]
+    lines = list(rec["lines"])
+    lines[row - 1], lines[row] = "› 1. fix the parser", "  2. add a test"
+    snap = snapshot_of(rec, lines=tuple(lines), cursor_y=row, cursor_x=17)
+    assert classify(snap).state is PaneState.TYPING
+
+
+def test_gemini_busy_needs_no_title() -> None:
+    rec = load(CORPUS / "gemini" / "busy__120x40__1.json")
+    assert classify(snapshot_of(rec, title="")).state is PaneState.BUSY

@@ -68,12 +68,14 @@ QUEUES_WHILE_BUSY: dict[str, bool] = {
     "shell": False, "repl": False, "other": False,
 }
 
-# Seconds to wait after a bracketed paste before Enter, so Enter submits instead of landing
-# inside the paste. Measured with tests/agents/settle.py (docs/delivery-classifier.md): the
-# smallest delay that submitted every trial, short and ~2 KB text, doubled for slower hosts.
+# Seconds to wait after a bracketed paste before Enter, so that Enter submits instead of
+# landing in the paste. Measured with tests/agents/settle.py (docs/delivery-classifier.md):
+# Claude Code, Codex, aider, bash and python3 submitted every trial with Enter sent right after
+# the paste; Gemini CLI turns an Enter within 40 ms of a paste into a newline (no kitty
+# keyboard protocol under tmux) and needed >= 0.07 s. Values: that minimum with a margin.
 PASTE_SETTLE_S: dict[str, float] = {
-    "claude": 0.3, "codex": 0.3, "gemini": 0.3, "aider": 0.1,
-    "shell": 0.05, "repl": 0.05, "other": 0.2,
+    "claude": 0.05, "codex": 0.05, "gemini": 0.2, "aider": 0.05,
+    "shell": 0.02, "repl": 0.02, "other": 0.15,
 }
 
 
@@ -247,7 +249,7 @@ def _idle_or_busy(s: _Screen, busy_row: int | None, why_busy: str, at: tuple[str
 
 _RULE = re.compile(r"^\s*[─━╌]{20,}\s*$")
 _CLAUDE_PROMPT = re.compile(r"^([❯>!#]) ?")
-_CLAUDE_SPINNER = re.compile(r"^\s*[·✢✳✶✻✽∗*]\s+\S[^()]*…")
+_CLAUDE_SPINNER = re.compile(r"^[·✢✳✶✻✽∗*] \S[^()]*…")  # "✻ Verb… (3s · ↓ 9 tokens)", column 0
 _CLAUDE_DIALOG = re.compile(
     r"Do you want to |Esc to cancel|Enter to confirm|Would you like to |trust the files in"
     r"|Yes, I trust|Make auto mode your default|^\s*[❯›>]\s*1\.\s", re.IGNORECASE)
@@ -302,32 +304,37 @@ def _claude_draft(s: _Screen, row: int, first: bool) -> str:
 _CODEX_DIALOG = re.compile(
     r"Would you like to |Press enter to confirm|Do you trust |Trust this folder\?|Allow Codex to"
     r"|enter continue · esc|\(y\)\s*$|\(esc\)\s*$", re.IGNORECASE)
-_MENU_FIRST = re.compile(r"^\s*[›❯>●]\s*1\.\s")
-_MENU_NEXT = re.compile(r"^\s+2\.\s")
+_MENU_PICKED = re.compile(r"^\s*[›❯>●]\s*\d+\.\s")  # the selected row of a numbered menu
+_MENU_OTHER = re.compile(r"^\s+\d+\.\s")
 _CODEX_WORKING = re.compile(r"^\s*\S\s+Working\b.*\(.*\d+s|esc to interrupt", re.IGNORECASE)
 _CODEX_QUEUE_HINT = re.compile(r"tab to queue message", re.IGNORECASE)
 _BRAILLE_SPINNER = re.compile(r"^\s*[\u2800-\u28ff]")
 
 
+def _is_menu(s: _Screen, row: int) -> bool:
+    """``row`` is the selected entry of a numbered menu (another numbered row next to it)."""
+    near = [r for r in (row - 1, row + 1) if 0 <= r < len(s.plain)]
+    return bool(_MENU_PICKED.match(s.plain[row])) and any(_MENU_OTHER.match(s.plain[r]) for r in near)
+
+
 def _codex(s: _Screen) -> Verdict:
-    title = s.snap.title
-    dialog = s.find(_CODEX_DIALOG, s.bottom(20))
-    if title.startswith("[ ! ]") or dialog is not None:
-        why = "Codex asks for approval" + (f" (title {title!r})" if title.startswith("[ ! ]") else "")
-        return _v(PaneState.DIALOG, why, s.ev(dialog))
+    flagged = s.snap.title.startswith("[ ! ]")  # Codex titles the pane "[ ! ] Action Required"
     comp = next((r for r in s.bottom(12) if s.plain[r].startswith("›")), None)
+    if comp is not None and _is_menu(s, comp):
+        phrase = s.find(_CODEX_DIALOG, range(comp, s.last + 1))
+        if flagged or phrase is not None or s.snap.cursor_visible is False:
+            return _v(PaneState.DIALOG, "a numbered menu where the composer would be",
+                      s.ev(comp, phrase))
+    if flagged:
+        return _v(PaneState.DIALOG, f"pane title {s.snap.title!r}", s.ev(comp))
     if comp is None:
+        phrase = s.find(_CODEX_DIALOG, s.bottom(20))
+        if phrase is not None:
+            return _v(PaneState.DIALOG, "Codex asks for approval, no composer", s.ev(phrase))
         return _v(PaneState.UNKNOWN, "no Codex composer (›) near the bottom")
-    if (s.snap.cursor_visible is False and _MENU_FIRST.match(s.plain[comp])
-            and comp + 1 < len(s.plain) and _MENU_NEXT.match(s.plain[comp + 1])):
-        return _v(PaneState.DIALOG, "a numbered menu where the composer would be, cursor hidden",
-                  s.ev(comp, comp + 1))
-    end = comp
+    end = comp  # a draft's continuation rows are indented; a blank row ends the composer
     while end + 1 < len(s.plain) and s.plain[end + 1].startswith("  ") and s.plain[end + 1].strip():
         end += 1
-    # A draft's continuation rows are indented like the status row; stop at the first blank.
-    if end > comp and end == len(s.plain) - 1:
-        end = comp
     draft = " ".join(t for t in (typed_text(s.raw[r], 2 if r == comp else 0)
                                  for r in range(comp, end + 1)) if t)
     work = s.find(_CODEX_WORKING, s.rows_up(comp - 1, 6))
@@ -337,8 +344,8 @@ def _codex(s: _Screen) -> Verdict:
     if draft:
         why = "draft in the composer" + (" while the agent works" if busy is not None else "")
         return _v(PaneState.TYPING, why, rows)
-    if busy is None and _BRAILLE_SPINNER.match(title):
-        return _v(PaneState.BUSY, f"spinner in the pane title {title!r}", rows)
+    if busy is None and _BRAILLE_SPINNER.match(s.snap.title):
+        return _v(PaneState.BUSY, f"spinner in the pane title {s.snap.title!r}", rows)
     return _idle_or_busy(s, busy, "'Working' status row", rows)
 
 
@@ -353,12 +360,17 @@ _GEMINI_BUSY = re.compile(r"\(esc to cancel|esc to interrupt", re.IGNORECASE)
 
 def _gemini(s: _Screen) -> Verdict:
     title = s.snap.title
-    dialog = s.find(_GEMINI_DIALOG, s.bottom(25))
-    if dialog is not None or title.startswith("✋") or "Action Required" in title:
-        return _v(PaneState.DIALOG, "Gemini CLI asks for confirmation", s.ev(dialog))
-    comp = next((r for r in s.bottom(12) if _GEMINI_PROMPT.match(s.plain[r])), None)
+    if title.startswith("✋") or "Action Required" in title:
+        return _v(PaneState.DIALOG, f"pane title {title.strip()!r}")
+    # The input sits right above the footer (blank row, "workspace … sandbox … /model", paths);
+    # rows higher up that start with " > " are earlier prompts in the transcript. Dialogs take
+    # the input's place, so their wording counts only when no input is shown.
+    comp = next((r for r in s.bottom(6) if _GEMINI_PROMPT.match(s.plain[r])), None)
     if comp is None:
-        return _v(PaneState.UNKNOWN, "no Gemini CLI input prompt near the bottom")
+        phrase = s.find(_GEMINI_DIALOG, s.bottom(25))
+        if phrase is not None:
+            return _v(PaneState.DIALOG, "Gemini CLI asks for confirmation", s.ev(phrase))
+        return _v(PaneState.UNKNOWN, "no Gemini CLI input prompt right above the footer")
     m = _GEMINI_PROMPT.match(s.plain[comp])
     end = comp
     while end + 1 < len(s.plain) and s.plain[end + 1].startswith("   ") and s.plain[end + 1].strip():
@@ -391,12 +403,8 @@ def _aider(s: _Screen) -> Verdict:
             return _v(PaneState.DIALOG, "aider asks a yes/no question", s.ev(r))
     m = _AIDER_PROMPT.match(s.plain[row])
     if m and s.snap.cursor_visible is not False and s.snap.cursor_x >= m.end() - 1:
-        draft = typed_text(s.raw[row], m.end())
-        more = [typed_text(s.raw[r]) for r in range(row + 1, s.last + 1)] if row < s.last else []
-        if draft:
+        if typed_text(s.raw[row], m.end()):
             return _v(PaneState.TYPING, "text after aider's prompt", s.ev(row))
-        if any(more) and not s.plain[row + 1].startswith(" "):
-            return _v(PaneState.UNKNOWN, "text below aider's prompt", s.ev(row, row + 1))
         return _idle_or_busy(s, None, "", s.ev(row))
     wait = s.find(_AIDER_WAIT, s.rows_up(row, 3))
     if wait is not None or s.snap.cursor_visible is False:
