@@ -14,7 +14,8 @@ SRC = Path(__file__).parent.parent / "src" / "meshd"
 PURE = ["registry/address.py", "registry/detect.py", "registry/fold.py", "registry/views.py",
         "journal/event.py", "delivery/sanitize.py", "delivery/message.py",
         "delivery/classify.py", "transport/frames.py", "errors.py", "locks/modes.py",
-        "locks/table.py", "locks/deadlock.py"]
+        "locks/table.py", "locks/deadlock.py", "tasks/lifecycle.py", "tasks/board.py",
+        "tasks/bidding.py", "tasks/prompts.py", "tasks/supervise.py"]
 IO_MODULES = {"os", "subprocess", "socket", "sqlite3", "asyncio", "threading", "time", "shutil",
               "tempfile", "fcntl", "signal", "io", "pathlib", "random", "secrets"}
 # Third-party library -> the only modules allowed to import it.

@@ -100,6 +100,28 @@ class LocksConfig:
 
 
 @dataclass(frozen=True)
+class TasksConfig:
+    bid_window_s: float = _k(0.5, "seconds a task's home waits for bids before picking a winner "
+                             "(it decides sooner once every reachable host bid)", lo=0.01, hi=60)
+    rebid_s: float = _k(2.0, "seconds before a task nobody could take is offered again (doubling)",
+                        lo=0.05, hi=3600)
+    rebid_max_s: float = _k(60.0, "longest wait between offers of a task nobody could take, in s",
+                            lo=0.05, hi=3600)
+    max_requeues: int = _k(3, "times an abandoned task is requeued before it is dead-lettered",
+                           lo=0, hi=1000)
+    tick_s: float = _k(0.25, "seconds between the task service's checks (timeouts, rounds)",
+                       lo=0.01, hi=60)
+    deliver_wait_s: float = _k(5.0, "seconds a task delivery waits for a busy pane before the "
+                               "attempt is abandoned", lo=0, hi=600)
+    unreachable_grace_s: float = _k(60.0, "seconds a worker's host may be unreachable before its "
+                                    "task is abandoned", lo=0, hi=86400)
+    briefing: bool = _k(True, "brief every new agent once (architect, rules, tools)")
+    brief_tools: str = _k("claude,codex,gemini,aider,cursor-agent",
+                          "comma-separated tools whose new agents get the briefing")
+    framework_file: str = _k("", "the architect's framework file; empty: ~/.agents/FRAMEWORK.md")
+
+
+@dataclass(frozen=True)
 class Config:
     host: str = _k("", "this host's name in addresses; empty: self.conf, else the short hostname")
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -108,6 +130,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     links: LinksConfig = field(default_factory=LinksConfig)
     locks: LocksConfig = field(default_factory=LocksConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {

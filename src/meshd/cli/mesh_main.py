@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from meshd import __version__
-from meshd.cli import ops
+from meshd.cli import ops, task_cmd
 from meshd.cli.lock_cmd import lock
 from meshd.errors import DaemonNotRunning, MeshError, UsageError
 from meshd.paths import StatePaths
@@ -369,6 +369,8 @@ def config_path() -> None:
 for _cmd in ops.COMMANDS:
     main.add_command(_cmd)
 main.add_command(lock)
+main.add_command(task_cmd.task)
+main.add_command(task_cmd.spawn)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshd import __version__
-from meshd.daemon import locks_api
+from meshd.daemon import locks_api, tasks_api
 from meshd.delivery import classify as cl
 from meshd.delivery.inbox import deposit
 from meshd.delivery.message import compose
@@ -45,7 +45,8 @@ class Api:
                 "ping", "status", "agents", "resolve", "whoami", "send", "hook", "resync",
                 "reload", "log", "inbox", "stop", "peers")
         }
-        self.ops.update({name: functools.partial(fn, daemon) for name, fn in locks_api.OPS.items()})
+        for ext in (locks_api.OPS, tasks_api.OPS):
+            self.ops.update({name: functools.partial(fn, daemon) for name, fn in ext.items()})
 
     async def handle(self, op: str, args: dict[str, Any]) -> Any:
         fn = self.ops.get(op)

@@ -27,7 +27,7 @@ from typing import Any
 
 from meshd import config as config_mod
 from meshd.config import Config
-from meshd.daemon import locks_api, pending
+from meshd.daemon import locks_api, pending, tasks_api
 from meshd.daemon.discovery import Discovered, discover
 from meshd.daemon.pidlock import PidLock
 from meshd.errors import ConfigError, MeshError
@@ -67,6 +67,7 @@ class Daemon:
 
         self.api = Api(self)
         self.peers = PeerManager(self)
+        self.tasks = tasks_api.attach(self)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -115,7 +116,8 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 loops = [tg.create_task(self._scan_loop()), tg.create_task(self._rescan_timer()),
                          tg.create_task(self._views_loop()), tg.create_task(self._queue_loop()),
-                         tg.create_task(self.peers.run()), tg.create_task(locks_api.run_ticker(self))]
+                         tg.create_task(self.peers.run()), tg.create_task(locks_api.run_ticker(self)),
+                         tg.create_task(tasks_api.run(self))]
                 await self._stop.wait()
                 server.close()
                 for t in loops:
@@ -166,6 +168,7 @@ class Daemon:
         self._views_wanted.set()
 
     def _note(self, events: list[Event]) -> None:
+        tasks_api.on_events(self, events)
         for e in events:
             if e.kind in ("msg.delivered", "msg.dropped"):
                 self.done_ids.add(str(e.body.get("id")))
