@@ -208,3 +208,23 @@ def test_r12_bad_frames_drop_the_link_never_the_daemon(tmp_path: Path) -> None:
     finally:
         m.stop_daemon()
         m.tmux.run("kill-server", check=False)
+
+
+def test_peers_add_remove_and_push(pair: tuple[Mesh, Mesh]) -> None:
+    a, b = pair
+    for m in (a, b):
+        m.new_window("w", "bash --norc")
+        m.start_daemon()
+    until(lambda: "beta-main-w" in agents(a), what="linked")
+    r = a.run("mesh", "peers", "add", "gpu-box", "--push")
+    assert r.returncode == 0, r.stderr
+    assert "beta: written" in r.stdout
+    want = [f"local:{b.home}", "gpu-box"]
+    lines = lambda m: [x for x in (m.home / "peers.conf").read_text().splitlines()  # noqa: E731
+                       if x and not x.startswith("#")]
+    assert lines(a) == want and lines(b) == want
+    assert a.run("mesh", "peers", "remove", "gpu-box").returncode == 0
+    assert lines(a) == [f"local:{b.home}"] and lines(b) == want
+    bad = a.run("mesh", "peers", "add", "two words", "--push")
+    assert bad.returncode == 78 and "bad alias" in bad.stderr
+    assert lines(a) == [f"local:{b.home}"]

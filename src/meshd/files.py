@@ -150,3 +150,21 @@ def read_line_file(path: Path) -> list[str]:
         if line:
             out.append(line)
     return out
+
+
+PEERS_HEADER = "# meshd peers: one SSH alias per line; the first is the mesh's anchor"
+
+
+def check_aliases(raw: Any) -> list[str]:
+    """A list of peer aliases, each one printable word without '#', or a ConfigError."""
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise ConfigError("peers must be a list of aliases")
+    bad = [x for x in raw if not x or any(c.isspace() or not c.isprintable() or c == "#" for c in x)]
+    if bad:
+        raise ConfigError(f"bad alias {bad[0]!r}: one word, printable, no '#'")
+    return list(raw)
+
+
+def write_line_file(path: Path, lines: list[str], header: str = PEERS_HEADER) -> None:
+    """Atomically write a ``peers.conf`` style file: a comment header, one entry a line."""
+    atomic_write(path, f"{header}\n" + "".join(f"{x}\n" for x in lines), mode=0o644)

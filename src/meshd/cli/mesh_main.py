@@ -263,29 +263,39 @@ def peers(ctx: click.Context, as_json: bool) -> None:
                    f"seen {seen:<8} lag {lag if lag is not None else '-':<6} {p.get('error') or ''}")
 
 
+_PUSH = click.option("--push", is_flag=True,
+                     help="also write the new list on every host linked now")
+
+
 @peers.command("add")
 @click.argument("alias")
-def peers_add(alias: str) -> None:
+@_PUSH
+def peers_add(alias: str, push: bool) -> None:
     """Add an SSH alias to peers.conf (the daemon links to it within a second)."""
-    _edit_peers(lambda lines: lines if alias in lines else [*lines, alias])
+    _edit_peers(lambda lines: lines if alias in lines else [*lines, alias], push)
     click.echo(f"added {alias}")
 
 
 @peers.command("remove")
 @click.argument("alias")
-def peers_remove(alias: str) -> None:
+@_PUSH
+def peers_remove(alias: str, push: bool) -> None:
     """Remove an SSH alias from peers.conf."""
-    _edit_peers(lambda lines: [x for x in lines if x != alias])
+    _edit_peers(lambda lines: [x for x in lines if x != alias], push)
     click.echo(f"removed {alias}")
 
 
-def _edit_peers(change: Any) -> None:
-    from meshd.files import atomic_write, read_line_file
+def _edit_peers(change: Any, push: bool) -> None:
+    from meshd.files import check_aliases, read_line_file, write_line_file
 
     p = paths()
-    lines = change(read_line_file(p.peers_conf))
-    header = "# meshd peers: one SSH alias per line; the first is the mesh's anchor\n"
-    atomic_write(p.peers_conf, header + "".join(f"{x}\n" for x in lines), mode=0o644)
+    lines = check_aliases(change(read_line_file(p.peers_conf)))
+    write_line_file(p.peers_conf, lines)
+    if push:
+        pushed = call("peers_push", {"peers": lines})
+        for host, outcome in sorted(pushed.items()):
+            click.echo(f"  {host}: {outcome}")
+
 
 
 # -- configuration ------------------------------------------------------------------------

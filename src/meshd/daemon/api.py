@@ -23,6 +23,7 @@ from meshd.delivery.inbox import deposit
 from meshd.delivery.message import compose
 from meshd.delivery.service import SendOptions, deliver, new_message_id, snapshot
 from meshd.errors import MeshError, TransportError, UnknownAgent, UsageError
+from meshd.files import check_aliases, write_line_file
 from meshd.hardware import gpu, memory
 from meshd.registry.fold import Entry
 from meshd.registry.views import entry_dict, iso
@@ -43,7 +44,7 @@ class Api:
         self.ops: dict[str, Op] = {
             name: getattr(self, f"op_{name}") for name in (
                 "ping", "status", "agents", "resolve", "whoami", "send", "hook", "resync",
-                "reload", "log", "inbox", "stop", "peers")
+                "reload", "log", "inbox", "stop", "peers", "peers_push")
         }
         for ext in (locks_api.OPS, tasks_api.OPS):
             self.ops.update({name: functools.partial(fn, daemon) for name, fn in ext.items()})
@@ -261,6 +262,11 @@ class Api:
             return await self._deliver_local(entry, str(args.get("sender") or from_host),
                                              str(args.get("text", "")), args.get("file"), args,
                                              str(args.get("message_id") or new_message_id()))
+        if op == "peers_set":
+            aliases = check_aliases(args.get("peers"))
+            await asyncio.to_thread(write_line_file, self.d.paths.peers_conf, aliases)
+            log.info("peers.conf replaced by %s", from_host)
+            return {"written": True}
         if op == "lock_op":
             return await locks_api.peer_lock_op(self.d, args)
         if op == "agent_states":
@@ -291,8 +297,19 @@ class Api:
     async def op_peers(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         return self.d.peers.status()
 
+    async def op_peers_push(self, args: dict[str, Any]) -> dict[str, str]:
+        """Write ``peers`` (a list of aliases) into peers.conf on every host linked now."""
+        lines = check_aliases(args.get("peers"))
+        hosts = sorted(self.d.peers.hosts_up())
+        results = await asyncio.gather(*(self.d.peers.call(h, "peers_set", {"peers": lines})
+                                         for h in hosts), return_exceptions=True)
+        return {h: "written" if not isinstance(r, BaseException) else f"failed: {r}"
+                for h, r in zip(hosts, results, strict=True)}
+
 
 _OPTS = ("force", "force_dialog", "wait_s")
+
+
 
 
 def _hardware() -> dict[str, Any]:
