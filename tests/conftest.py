@@ -12,9 +12,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lab import Lab, need_lab
@@ -108,6 +109,18 @@ def live_mesh(mesh: Mesh) -> Mesh:
     mesh.new_window("shell", "bash --norc --noprofile")
     mesh.start_daemon()
     return mesh
+
+
+def until(pred: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
+    """Poll ``pred`` until it returns something truthy (returned); fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached in {timeout} s")
+        time.sleep(0.05)
 
 
 def rawreader_cmd(log: Path, prompt: str = "> ", burst_ms: int = 0) -> str:

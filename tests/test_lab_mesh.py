@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import until
 from lab import Host, Lab
 
 RAWREADER = Path(__file__).parent / "fixtures" / "rawreader.py"
@@ -32,15 +32,6 @@ def lab_module() -> Any:
         yield lab
 
 
-def until(pred: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout} s")
-        time.sleep(0.1)
 
 
 def addresses(h: Host) -> set[str]:

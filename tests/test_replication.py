@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mesh, _make_mesh, rawreader_cmd
+from conftest import Mesh, _make_mesh, rawreader_cmd, until
 
 
 def make(tmp: Path, name: str) -> Mesh:
@@ -33,15 +33,6 @@ def link(*hosts: Mesh) -> None:
         (m.home / "peers.conf").write_text("".join(f"{x}\n" for x in others))
 
 
-def until(pred: Callable[[], object], timeout: float = 10, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout} s")
-        time.sleep(0.05)
 
 
 def agents(m: Mesh) -> dict[str, dict]:  # type: ignore[type-arg]

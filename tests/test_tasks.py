@@ -8,26 +8,17 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Mesh, _make_mesh, rawreader_cmd
+from conftest import Mesh, _make_mesh, rawreader_cmd, until
 
 FAST = {"MESHD_TASKS_REBID_S": "0.2", "MESHD_TASKS_REBID_MAX_S": "0.5",
         "MESHD_TASKS_TICK_S": "0.05", "MESHD_TASKS_BID_WINDOW_S": "0.3"}
 
 
-def until(pred: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout} s")
-        time.sleep(0.05)
 
 
 def fast(m: Mesh, **extra: str) -> Mesh:
