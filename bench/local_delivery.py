@@ -24,14 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchstats import pct
+
 ROOT = Path(__file__).resolve().parent.parent
 READER = ROOT / "tests" / "fixtures" / "rawreader.py"
 BIN = Path(sys.executable).parent
 
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 def wait_bytes(log: Path, needle: bytes, timeout: float = 10) -> float:

@@ -25,13 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchstats import pct
+
 from meshd.errors import MeshError
 from meshd.transport import client
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 def line(label: str, xs: list[float]) -> None:

@@ -26,16 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchstats import pct  # noqa: E402
 from lab import Host, Lab, need_lab  # noqa: E402
 
 READER = ROOT / "tests" / "fixtures" / "rawreader.py"
 ENV = {"MESHD_LINKS_REMOTE_COMMAND": "meshd link", "MESHD_LINKS_ANTI_ENTROPY_S": "1",
        "MESHD_LINKS_BACKOFF_MAX_S": "1", "MESHD_DISCOVERY_DEBOUNCE_MS": "5"}
 
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 def line(label: str, xs: list[float], unit: str = "ms") -> None:

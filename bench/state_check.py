@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchstats import pct  # noqa: E402
+
 from meshd.delivery import classify as cl  # noqa: E402
 from meshd.delivery.service import SendOptions, deliver, snapshot  # noqa: E402
 from meshd.tmux import paste as tp  # noqa: E402
@@ -32,10 +34,6 @@ from meshd.tmux.scan import look  # noqa: E402
 
 READER = ROOT / "tests" / "fixtures" / "rawreader.py"
 
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 def arrival(log: Path, needle: bytes) -> float:

@@ -74,8 +74,8 @@ def test_registry_replicates_and_marks_unreachable(pair: tuple[Mesh, Mesh]) -> N
     assert "beta-main-two" in (a.home / "registry.toml").read_text()
 
 
-def test_cross_host_delivery_and_file(pair: tuple[Mesh, Mesh], tmp_path: Path) -> None:
-    a, b = pair
+def sender_and_reader(a: Mesh, b: Mesh) -> Path:
+    """A shell on a, a rawreader on b, both daemons up and linked; b's reader log."""
     a.new_window("sender", "bash --norc")
     log = b.root / "r.log"
     log.touch()
@@ -83,6 +83,12 @@ def test_cross_host_delivery_and_file(pair: tuple[Mesh, Mesh], tmp_path: Path) -
     a.start_daemon()
     b.start_daemon()
     until(lambda: "beta-main-reader" in agents(a), what="remote agent listed")
+    return log
+
+
+def test_cross_host_delivery_and_file(pair: tuple[Mesh, Mesh], tmp_path: Path) -> None:
+    a, b = pair
+    log = sender_and_reader(a, b)
     r = a.run("notify-pane", "beta-main-reader", "across hosts")
     assert r.returncode == 0, r.stderr
     until(lambda: b"across hosts" in log.read_bytes(), what="remote delivery")
@@ -102,13 +108,7 @@ def test_cross_host_delivery_and_file(pair: tuple[Mesh, Mesh], tmp_path: Path) -
 
 def test_queue_for_an_unreachable_host_delivers_exactly_once(pair: tuple[Mesh, Mesh]) -> None:
     a, b = pair
-    a.new_window("sender", "bash --norc")
-    log = b.root / "r.log"
-    log.touch()
-    b.new_window("reader", rawreader_cmd(log))
-    a.start_daemon()
-    b.start_daemon()
-    until(lambda: "beta-main-reader" in agents(a), what="remote agent listed")
+    log = sender_and_reader(a, b)
     b.stop_daemon()
     until(lambda: agents(a)["beta-main-reader"]["state"] == "unreachable", what="b down")
     r = a.run("notify-pane", "beta-main-reader", "later please")

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Mesh, _make_mesh, rawreader_cmd, until
+from conftest import Mesh, rawreader_cmd, until
+from test_replication import link, make
 
 FAST = {"MESHD_TASKS_REBID_S": "0.2", "MESHD_TASKS_REBID_MAX_S": "0.5",
         "MESHD_TASKS_TICK_S": "0.05", "MESHD_TASKS_BID_WINDOW_S": "0.3"}
@@ -182,19 +183,13 @@ def test_critic_reject_then_approve(one: Mesh) -> None:
 
 # -- two hosts -----------------------------------------------------------------------------
 def host(tmp: Path, name: str) -> Mesh:
-    (tmp / name).mkdir()
-    m = fast(_make_mesh(tmp / name))
-    m.env.update(MESHD_HOST=name, MESHD_LINKS_ANTI_ENTROPY_S="0.3", MESHD_LINKS_BACKOFF_MAX_S="0.5",
-                 MESHD_LINKS_DEAD_AFTER_S="3")
-    return m
+    return fast(make(tmp, name))
 
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[Mesh, Mesh]]:
     a, b = host(tmp_path, "alpha"), host(tmp_path, "beta")
-    for m, other in ((a, b), (b, a)):
-        m.home.mkdir(parents=True, exist_ok=True)
-        (m.home / "peers.conf").write_text(f"local:{other.home}\n")
+    link(a, b)
     try:
         yield a, b
     finally:

@@ -16,7 +16,6 @@ import dataclasses
 import os
 import socket
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from meshd.errors import ConfigError
@@ -258,9 +257,6 @@ def _toml_literal(v: Any) -> str:
 def as_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
-
-def default_path_for_tmux(cfg: Config) -> Path | None:
-    return Path(cfg.tmux.socket) if cfg.tmux.socket else None
 
 
 def render_markdown() -> str:

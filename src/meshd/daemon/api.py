@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 class Api:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
-        self._msg_locks: dict[str, asyncio.Lock] = {}
+        # message id -> (lock, callers using it): one delivery per id at a time
+        self._msg_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.ops: dict[str, Op] = {
             name: getattr(self, f"op_{name}") for name in (
                 "ping", "status", "agents", "resolve", "whoami", "send", "hook", "resync",
@@ -230,7 +231,21 @@ class Api:
         base = {"id": mid, "from": sender, "to": entry.agent.address, "to_id": entry.agent.id,
                 "pane": entry.agent.pane_id, "bytes": len(text.encode()),
                 "file": str(file_path) if file_path else None}
-        lock = self._msg_locks.setdefault(mid, asyncio.Lock())
+        lock, users = self._msg_locks.get(mid, (asyncio.Lock(), 0))
+        self._msg_locks[mid] = (lock, users + 1)
+        try:
+            return await self._deliver_once(entry, sender, text, base, args, opts, mid, lock)
+        finally:
+            lock, users = self._msg_locks[mid]
+            if users > 1:
+                self._msg_locks[mid] = (lock, users - 1)
+            else:
+                del self._msg_locks[mid]  # the last caller for this id forgets its lock
+
+    async def _deliver_once(self, entry: Entry, sender: str, text: str, base: dict[str, Any],
+                            args: dict[str, Any], opts: SendOptions, mid: str,
+                            lock: asyncio.Lock) -> dict[str, Any]:
+        d = self.d
         async with lock:
             if mid in d.done_ids:  # a retried or re-queued message: exactly once
                 return {"message_id": mid, "to": entry.agent.address, "from": sender,
@@ -249,7 +264,6 @@ class Api:
             await d.record("msg.delivered", {**base, "state": receipt.state,
                                              "submitted": receipt.submitted,
                                              "enters": receipt.enters})
-        self._msg_locks.pop(mid, None)
         return {**receipt.to_dict(), "to": entry.agent.address, "from": sender}
 
     # -- peers -----------------------------------------------------------------------------
@@ -276,12 +290,8 @@ class Api:
     async def deliver_queued(self) -> None:
         """Deliver queued messages addressed to this host's agents that are not done yet."""
         d = self.d
-        assert d.journal is not None
-        queued = await asyncio.to_thread(d.journal.tail, 100_000, ("msg.queued",))
-        for e in queued:
-            b = e.body
-            mid = str(b.get("id"))
-            if b.get("host") != d.host or mid in d.done_ids:
+        for mid, b in list(d.queued.items()):
+            if mid in d.done_ids:
                 continue
             entry = d.registry.agents.get(str(b.get("to_id")))
             if entry is None:

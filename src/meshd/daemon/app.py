@@ -61,6 +61,7 @@ class Daemon:
         self._queue_wanted = asyncio.Event()
         self.last_seen: dict[str, float] = {}   # peer host -> wall time its link was last up
         self.done_ids: set[str] = set()          # message ids delivered or dropped, mesh-wide
+        self.queued: dict[str, dict[str, Any]] = {}  # id -> msg.queued body, for agents here
         self.locks: LockService | None = None
         from meshd.daemon.api import Api  # the API needs a constructed daemon
         from meshd.daemon.peers import PeerManager
@@ -172,7 +173,10 @@ class Daemon:
         for e in events:
             if e.kind in ("msg.delivered", "msg.dropped"):
                 self.done_ids.add(str(e.body.get("id")))
-            elif e.kind == "msg.queued" and e.body.get("host") == self.host:
+                self.queued.pop(str(e.body.get("id")), None)
+            elif (e.kind == "msg.queued" and e.body.get("host") == self.host
+                  and str(e.body.get("id")) not in self.done_ids):
+                self.queued[str(e.body.get("id"))] = dict(e.body)
                 self._queue_wanted.set()
 
     def host_seen(self, host: str) -> None:

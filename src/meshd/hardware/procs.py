@@ -86,12 +86,3 @@ def _walk(roots: list[int], proc_of: Callable[[int], Proc | None],
         out[root] = chain
     return out
 
-
-def rss_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return total
