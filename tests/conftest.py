@@ -38,14 +38,19 @@ class Mesh:
     def home(self) -> Path:
         return Path(self.env["MESHD_HOME"])
 
-    def run(self, *argv: str, input: bytes | None = None, timeout: float = 60,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        """Run ``mesh``/``notify-pane``/``meshd`` (by module) in this mesh's environment."""
+    @staticmethod
+    def argv(*argv: str) -> list[str]:
+        """The command line that runs ``mesh``/``notify-pane``/``meshd`` (by module)."""
         module = {"mesh": "meshd.cli.mesh_entry", "notify-pane": "meshd.cli.notify",
                   "meshd": "meshd.cli.daemon_main"}[argv[0]]
         code = (f"import sys; from {module} import main; sys.argv[0] = {argv[0]!r}; "
                 "sys.exit(main())")
-        return subprocess.run([sys.executable, "-c", code, *argv[1:]],
+        return [sys.executable, "-c", code, *argv[1:]]
+
+    def run(self, *argv: str, input: bytes | None = None, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``mesh``/``notify-pane``/``meshd`` (by module) in this mesh's environment."""
+        return subprocess.run(self.argv(*argv),
                               input=input.decode() if input is not None else None,
                               capture_output=True, text=True, timeout=timeout,
                               env={**self.env, **(env or {})})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 from conftest import Mesh
@@ -72,6 +73,7 @@ def test_locks_have_one_home_across_hosts(tmp_path) -> None:  # type: ignore[no-
 
     a, b = make(tmp_path, "alpha"), make(tmp_path, "beta")
     link(a, b)  # a's peers.conf: beta; b's: alpha (so alpha is b's anchor)
+    b.env["MESHD_LINKS_CALL_TIMEOUT_S"] = "1"  # a forwarded --wait must outlast it
     (a.home / "peers.conf").write_text(f"local:{a.home}\nlocal:{b.home}\n")
     try:
         pa = a.new_window("one", "bash --norc")
@@ -93,6 +95,16 @@ def test_locks_have_one_home_across_hosts(tmp_path) -> None:  # type: ignore[no-
         assert json.loads(r.stdout)["home"] == "alpha"
         assert a.run("mesh", "lock", "acquire", f"{tmp_path}/shared.txt",
                      env=as_pane(a, pa)).returncode == 3
+        # A forwarded wait longer than the link's call timeout: granted on release.
+        waiter = subprocess.Popen(
+            b.argv("mesh", "lock", "acquire", "@deploy", "--wait", "20", "--as", "beta-waiter",
+                   "--json"), env=b.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.5)
+        assert waiter.poll() is None, waiter.communicate()
+        assert b.run("mesh", "lock", "release", "@deploy", env=as_pane(b, pb)).returncode == 0
+        out, err = waiter.communicate(timeout=15)
+        assert waiter.returncode == 0, err
+        assert json.loads(out)["token"] > grant["token"]
         # The home goes away: no grant anywhere, exit 4.
         a.stop_daemon()
         until(lambda: agents(b)["alpha-main-one"]["state"] == "unreachable", what="alpha down")

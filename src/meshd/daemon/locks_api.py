@@ -171,7 +171,8 @@ def _forwarding(name: str) -> Any:
         if peers is None:
             raise TransportError(f"home {home} unreachable: this meshd has no links")
         try:
-            result: dict[str, Any] = await peers.call(home, "lock_op", {"op": name, "args": local})
+            result: dict[str, Any] = await peers.call(home, "lock_op", {"op": name, "args": local},
+                                                      extra_s=_float(args, "wait_s") or 0.0)
         except TransportError as exc:
             raise TransportError(f"home {home} unreachable: {exc.message}",
                                  hint=f"{raw} is decided only by {home}; nothing was granted") from None

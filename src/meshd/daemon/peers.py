@@ -389,8 +389,10 @@ class PeerManager:
         raise TransportError(f"no SSH link of ours reaches host {host} for a file copy",
                              hint=f"list {host} in peers.conf on this host")
 
-    async def call(self, host: str, op: str, args: dict[str, Any]) -> Any:
-        return await self.session_for(host).call(op, args, self.cfg.call_timeout_s)
+    async def call(self, host: str, op: str, args: dict[str, Any], *, extra_s: float = 0.0) -> Any:
+        """Run ``op`` on ``host``; ``extra_s`` lengthens the timeout for ops that may wait
+        there on purpose (a queued lock request)."""
+        return await self.session_for(host).call(op, args, self.cfg.call_timeout_s + max(0.0, extra_s))
 
     def status(self) -> list[dict[str, Any]]:
         j = self.daemon.journal
