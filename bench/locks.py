@@ -6,7 +6,9 @@ SSH link, without SSH; bench/mesh_lab.py-style namespaces add only the SSH hop).
 * acquire and release latency on the home, over the Unix socket (p50/p99);
 * the same from the other host, forwarded over the link (p50/p99);
 * acquire+release pairs per second through one home (sequential client);
-* deadlock detection: time for the request that closes a 2-cycle to be refused.
+* deadlock detection: time for the request that closes a 2-cycle to be refused, on one
+  home, and across the two homes (the closing request sent after the first one waits, and
+  both sent at the same instant, which only the mesh-wide pass can see).
 
 Baseline in the same run: the ``ping`` op over the same socket (the cost floor of one
 request).  usage: python bench/locks.py [-n 300]
@@ -113,11 +115,55 @@ def main() -> None:
         line("release from another host (forwarded)", rrel)
         print(f"  {'acquire+release pairs per second':<40} {rate:7.0f} /s (one sequential client)")
         print(f"  {'deadlock (2-cycle) refused after':<40} {detect_ms:7.2f} ms: {refused}")
+        for race in (False, True):
+            xs = [cross_home_deadlock(sock_a, sock_b, i, race=race) for i in range(10)]
+            label = "both at once" if race else "second after 0.3 s"
+            print(f"  {'cross-home 2-cycle, ' + label:<40} p50 {statistics.median(xs):7.2f} ms   "
+                  f"max {max(xs):7.2f} ms (n=10)")
     finally:
         for env in envs:
             subprocess.run([sys.executable, "-m", "meshd.cli.mesh_entry", "down"], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def cross_home_deadlock(sock_a: Path, sock_b: Path, i: int, *, race: bool) -> float:
+    """X holds alpha:/x, Y holds beta:/y; X asks for beta:/y, Y for alpha:/x (from their own
+    hosts).  Milliseconds from the closing request (the later one, or both) to the first
+    refusal."""
+    import threading
+
+    x, y = f"alpha:/bench/dx{i}", f"beta:/bench/dy{i}"
+    client.call(sock_a, "lock_acquire", {"target": x, "holder": f"X{i}"})
+    client.call(sock_b, "lock_acquire", {"target": y, "holder": f"Y{i}"})
+    refused: list[float] = []
+
+    def ask(sock: Path, target: str, holder: str) -> None:
+        try:
+            client.call(sock, "lock_acquire", {"target": target, "holder": holder, "wait_s": 10})
+        except MeshError as exc:
+            if "deadlock" in exc.message:
+                refused.append(time.perf_counter())
+    tx = threading.Thread(target=ask, args=(sock_a, y, f"X{i}"))
+    ty = threading.Thread(target=ask, args=(sock_b, x, f"Y{i}"))
+    tx.start()
+    if not race:
+        time.sleep(0.3)
+    t0 = time.perf_counter()
+    ty.start()
+    deadline = time.monotonic() + 10
+    while not refused and time.monotonic() < deadline:
+        time.sleep(0.001)
+    ms = (refused[0] - t0) * 1000 if refused else float("inf")
+    for sock, target, holder in ((sock_a, x, f"X{i}"), (sock_b, y, f"Y{i}")):
+        with contextlib.suppress(MeshError):
+            client.call(sock, "lock_release", {"target": target, "holder": holder})
+    tx.join()
+    ty.join()
+    for sock, target, holder in ((sock_a, y, f"X{i}"), (sock_b, x, f"Y{i}")):
+        with contextlib.suppress(MeshError):
+            client.call(sock, "lock_release", {"target": target, "holder": holder})
+    return ms
 
 
 def _swallow(sock: Path, args: dict[str, object]) -> None:

@@ -42,6 +42,7 @@ from meshd.locks.table import (
     GrantStarted,
     How,
     LockTable,
+    Phase,
     Queued,
     Rejected,
     Released,
@@ -716,6 +717,97 @@ def test_mesh_wide_pass_picks_the_same_victim_in_any_merge_order() -> None:
         assert cycle is not None and sorted(cycle) == ["A", "B", "C"]
         victims.add(dl.pick_victim(cycle, age))
     assert victims == {"A"}
+
+
+def homes_pass(tables: dict[str, LockTable], now: float) -> list[tuple[tuple[str, ...], str]]:
+    """One mesh-wide pass as the daemons run it: merge every home's part, choose victims, and
+    refuse each victim on the home where it waits.  Returns (cycle, victim) per refusal."""
+    graph = dl.WaitForGraph()
+    for home, t in tables.items():
+        since = {w.holder: w.since for w in t.waiters()}
+        edges = [(w, h) for w, hs in t.wait_edges().items() for h in hs]
+        graph = graph.merge(dl.WaitForGraph.of_home(home, 1, edges, since))
+    out = []
+    for cycle, victim in graph.victims():
+        for t in tables.values():
+            effects = t.abort_victim(victim, cycle, now)
+            ended = [e for e in effects if isinstance(e, WaitEnded) and e.cause is Phase.DEADLOCKED]
+            out += [(e.cycle, e.waiter.holder) for e in ended]
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_cycle_across_three_homes_found_by_the_pass_has_exactly_one_victim(n: int) -> None:
+    """Each home queues its part of the ring without seeing the others' edges (they raced),
+    so no request is refused at request time; the pass over the merged graphs refuses
+    exactly one waiter, the youngest, and the others keep waiting."""
+    homes = {f"h{i}": LockTable() for i in range(3)}
+    hs = [f"H{i}" for i in range(n)]
+    home_of = {i: f"h{i % 3}" for i in range(n)}
+    for i, h in enumerate(hs):
+        grant(homes[home_of[i]], f"/p{i}", W, h)
+    for i, h in enumerate(hs):                  # H_i waits for /p_{i+1}, held by H_{i+1}
+        j = (i + 1) % n
+        res, _ = homes[home_of[j]].acquire(f"/p{j}", W, h, 15, f"w{i}", 1 + i, wait=True)
+        assert isinstance(res, Queued), res
+    refused = homes_pass(homes, 10)
+    assert len(refused) == 1
+    cycle, victim = refused[0]
+    assert victim == hs[-1] and cycle[0] == victim and sorted(cycle) == sorted(hs)
+    assert sorted(w.holder for t in homes.values() for w in t.waiters()) == sorted(hs[:-1])
+    assert homes_pass(homes, 11) == []          # the graph is acyclic now: nobody else
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.permutations([*HOLDERS, "E", "F"]), st.lists(st.integers(0, 6), min_size=6, max_size=6),
+       st.lists(st.sampled_from(["h0", "h1", "h2"]), min_size=6, max_size=6),
+       st.randoms(use_true_random=False))
+def test_random_acyclic_waits_across_homes_cost_no_victim(order: list[str], targets: list[int],
+                                                          homes_of: list[str], rnd: random.Random) -> None:
+    tables = {h: LockTable() for h in ("h0", "h1", "h2")}
+    where = {h: homes_of[i] for i, h in enumerate(order)}
+    for h in order:
+        grant(tables[where[h]], f"/{h}", W, h)
+    reqs = [(i, h) for i, h in enumerate(order) if i < targets[i] < len(order)]
+    rnd.shuffle(reqs)
+    for i, h in reqs:
+        other = order[targets[i]]
+        assert isinstance(tables[where[other]].acquire(f"/{other}", W, h, 15, f"w{h}", 1,
+                                                        wait=True)[0], Queued)
+    assert homes_pass(tables, 2) == []
+
+
+def test_pass_leaves_a_cycle_whose_edge_was_released_just_before_alone() -> None:
+    """A stale merged graph still shows A -> B -> A, but B's wait ended before the abort:
+    abort_victim checks the victim's edge on its own home and refuses nobody."""
+    h1, h2 = LockTable(), LockTable()
+    grant(h1, "/a", W, "A")
+    grant(h2, "/b", W, "B")
+    assert isinstance(h2.acquire("/b", W, "A", 15, "wa", 1, wait=True)[0], Queued)   # A -> B
+    assert isinstance(h1.acquire("/a", W, "B", 15, "wb", 2, wait=True)[0], Queued)   # B -> A
+    stale = dl.WaitForGraph.of_home("h1", 1, [("B", "A")], {"B": 2.0}).merge(
+        dl.WaitForGraph.of_home("h2", 1, [("A", "B")], {"A": 1.0}))
+    [(cycle, victim)] = stale.victims()
+    assert victim == "B"
+    h1.release("/a", "A", None, 3)                                    # B gets /a: B -> A is gone
+    assert not [e for e in h1.abort_victim("B", cycle, 4) if isinstance(e, WaitEnded)]
+    assert isinstance(h2.acquire("/b", W, "A", 15, "wa", 4, wait=True)[0], Queued)   # A still waits
+
+
+@settings(max_examples=EXAMPLES * 3, deadline=None)
+@given(st.sets(st.tuples(st.sampled_from(NODES), st.sampled_from(NODES)), max_size=20))
+def test_break_cycles_leaves_an_acyclic_graph_with_one_victim_per_cycle(
+        edges: set[tuple[str, str]]) -> None:
+    adj = dl.adjacency(edges)
+    out = dl.break_cycles(adj, lambda h: 0.0)
+    victims = [v for _, v in out]
+    assert len(victims) == len(set(victims))
+    rest = {k: v for k, v in adj.items() if k not in victims}
+    assert dl.find_any_cycle(rest) is None
+    for cycle, victim in out:                     # each is a real cycle, rotated to the victim
+        assert cycle[0] == victim
+        for a, b in zip(cycle, [*cycle[1:], cycle[0]], strict=True):
+            assert b in adj[a]
 
 
 # ==========================================================================================

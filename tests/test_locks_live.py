@@ -114,3 +114,50 @@ def test_locks_have_one_home_across_hosts(tmp_path) -> None:  # type: ignore[no-
         for m in (a, b):
             m.stop_daemon()
             m.tmux.run("kill-server", check=False)
+
+
+def test_deadlock_across_two_homes_refuses_exactly_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """X holds a path on alpha, Y one on beta; each then waits for the other's, the two
+    requests sent at the same instant to different homes.  Neither home sees the cycle
+    alone: the request-time check with the other home's edges, or the mesh-wide pass,
+    refuses exactly one of them at once, naming the cycle; the other is granted once the
+    victim lets go."""
+    from test_replication import agents, link, make, until
+
+    a, b = make(tmp_path, "alpha"), make(tmp_path, "beta")
+    link(a, b)
+    try:
+        a.new_window("one", "bash --norc")
+        b.new_window("two", "bash --norc")
+        a.start_daemon()
+        b.start_daemon()
+        until(lambda: "alpha-main-one" in agents(b) and "beta-main-two" in agents(a), what="linked")
+        pa, pb = f"alpha:{tmp_path}/a.txt", f"beta:{tmp_path}/b.txt"
+        assert a.run("mesh", "lock", "acquire", pa, "--as", "X", "--ttl", "60").returncode == 0
+        assert b.run("mesh", "lock", "acquire", pb, "--as", "Y", "--ttl", "60").returncode == 0
+        waits = {
+            "X": subprocess.Popen(a.argv("mesh", "lock", "acquire", pb, "--as", "X", "--wait", "30"),
+                                  env=a.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            "Y": subprocess.Popen(b.argv("mesh", "lock", "acquire", pa, "--as", "Y", "--wait", "30"),
+                                  env=b.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        }
+        t0 = time.monotonic()
+        until(lambda: any(p.poll() is not None for p in waits.values()), timeout=10, what="a victim")
+        detected_s = time.monotonic() - t0
+        time.sleep(1.5)  # a second victim would be refused by now
+        ended = {h: p for h, p in waits.items() if p.poll() is not None}
+        assert len(ended) == 1, {h: p.communicate() for h, p in ended.items()}
+        (victim, proc), = ended.items()
+        err = proc.communicate()[1]
+        assert proc.returncode == 3 and "deadlock" in err and "X" in err and "Y" in err, err
+        assert detected_s < 5
+        # The victim lets go of what it holds; the survivor is granted.
+        mine = {"X": (a, pa), "Y": (b, pb)}[victim]
+        assert mine[0].run("mesh", "lock", "release", mine[1], "--as", victim).returncode == 0
+        survivor = waits["Y" if victim == "X" else "X"]
+        _out, err = survivor.communicate(timeout=15)
+        assert survivor.returncode == 0, err
+    finally:
+        for m in (a, b):
+            m.stop_daemon()
+            m.tmux.run("kill-server", check=False)

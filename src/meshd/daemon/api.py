@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshd import __version__
-from meshd.daemon import locks_api, tasks_api
+from meshd.daemon import lock_graph, locks_api, tasks_api
 from meshd.delivery import classify as cl
 from meshd.delivery.inbox import deposit
 from meshd.delivery.message import compose
@@ -283,6 +283,8 @@ class Api:
             return {"written": True}
         if op == "lock_op":
             return await locks_api.peer_lock_op(self.d, args)
+        if op == "lock_waits":
+            return await lock_graph.peer_lock_waits(self.d, args, from_host)
         if op == "agent_states":
             return await asyncio.to_thread(self._states, self.d.registry.of_host(self.d.host))
         raise UsageError(f"peer op {op!r} is not allowed")

@@ -27,7 +27,7 @@ from typing import Any
 
 from meshd import config as config_mod
 from meshd.config import Config
-from meshd.daemon import locks_api, pending, tasks_api
+from meshd.daemon import lock_graph, locks_api, pending, tasks_api
 from meshd.daemon.discovery import Discovered, discover
 from meshd.daemon.pidlock import PidLock
 from meshd.errors import ConfigError, MeshError
@@ -63,6 +63,7 @@ class Daemon:
         self.done_ids: set[str] = set()          # message ids delivered or dropped, mesh-wide
         self.queued: dict[str, dict[str, Any]] = {}  # id -> msg.queued body, for agents here
         self.locks: LockService | None = None
+        self.mesh_waits = lock_graph.MeshWaits()  # other homes' wait-for edges
         from meshd.daemon.api import Api  # the API needs a constructed daemon
         from meshd.daemon.peers import PeerManager
 
@@ -118,6 +119,7 @@ class Daemon:
                 loops = [tg.create_task(self._scan_loop()), tg.create_task(self._rescan_timer()),
                          tg.create_task(self._views_loop()), tg.create_task(self._queue_loop()),
                          tg.create_task(self.peers.run()), tg.create_task(locks_api.run_ticker(self)),
+                         tg.create_task(lock_graph.run(self)),
                          tg.create_task(tasks_api.run(self))]
                 await self._stop.wait()
                 server.close()

@@ -82,9 +82,12 @@ def attach(daemon: LocksDaemon) -> LockService:
 async def op_lock_acquire(daemon: LocksDaemon, args: dict[str, Any]) -> dict[str, Any]:
     svc, target = _service(daemon), _target(args)
     home = _home(daemon, target)
+    mesh_waits = getattr(daemon, "mesh_waits", None)
+    others = mesh_waits.edges_except(daemon.host) if mesh_waits is not None else None
     out = await svc.acquire_async(target, _mode(args), holder_of(daemon, args),
                                   ttl_s=_float(args, "ttl_s"), wait_s=_float(args, "wait_s") or 0.0,
-                                  request_id=str(args.get("request_id") or "") or None)
+                                  request_id=str(args.get("request_id") or "") or None,
+                                  extra_edges=others)
     await _journal(daemon, out.events)
     res = out.result
     if isinstance(res, Granted):

@@ -80,12 +80,28 @@ def pick_victim(cycle: list[str], age: Callable[[str], float]) -> str:
     return max(cycle, key=lambda h: (age(h), h))
 
 
+def break_cycles(adj: Adjacency, age: Callable[[str], float]) -> list[tuple[tuple[str, ...], str]]:
+    """Every victim a mesh-wide pass must refuse, as ``(cycle, victim)`` with the cycle
+    rotated to start at the victim.  One victim per cycle: the victim's wait edges are
+    taken out before the next cycle is looked for, so no cycle costs two victims."""
+    work = {k: set(v) for k, v in adj.items()}
+    out: list[tuple[tuple[str, ...], str]] = []
+    while (cycle := find_any_cycle(work)) is not None:
+        victim = pick_victim(cycle, age)
+        i = cycle.index(victim)
+        out.append((tuple(cycle[i:] + cycle[:i]), victim))
+        work.pop(victim, None)
+    return out
+
+
 @dataclass(frozen=True)
 class HomeEdges:
-    """The wait-for edges one home knows of, as of its ``version`` (it only grows)."""
+    """The wait-for edges one home knows of, as of its ``version`` (it only grows), and when
+    each of its waiters started waiting (wall time; only used to choose a victim)."""
 
     version: int
     edges: frozenset[Edge] = frozenset()
+    since: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,8 +111,9 @@ class WaitForGraph:
     homes: Mapping[str, HomeEdges] = field(default_factory=dict)
 
     @classmethod
-    def of_home(cls, home: str, version: int, edges: Iterable[Edge]) -> WaitForGraph:
-        return cls({home: HomeEdges(version, frozenset(edges))})
+    def of_home(cls, home: str, version: int, edges: Iterable[Edge],
+                since: Mapping[str, float] | None = None) -> WaitForGraph:
+        return cls({home: HomeEdges(version, frozenset(edges), tuple(sorted((since or {}).items())))})
 
     def merge(self, other: WaitForGraph) -> WaitForGraph:
         merged = dict(self.homes)
@@ -111,6 +128,25 @@ class WaitForGraph:
 
     def adjacency(self) -> dict[str, set[str]]:
         return adjacency(self.edges())
+
+    def without(self, home: str) -> WaitForGraph:
+        return WaitForGraph({h: p for h, p in self.homes.items() if h != home})
+
+    def only(self, homes: Iterable[str]) -> WaitForGraph:
+        keep = set(homes)
+        return WaitForGraph({h: p for h, p in self.homes.items() if h in keep})
+
+    def homes_of(self, cycle: tuple[str, ...]) -> set[str]:
+        """The homes holding at least one edge of ``cycle``."""
+        ring = set(zip(cycle, cycle[1:] + cycle[:1], strict=True))
+        return {h for h, p in self.homes.items() if ring & p.edges}
+
+    def wait_started(self, holder: str) -> float:
+        """The latest start of ``holder``'s waits on any home (0 if unknown)."""
+        return max((t for p in self.homes.values() for h, t in p.since if h == holder), default=0.0)
+
+    def victims(self) -> list[tuple[tuple[str, ...], str]]:
+        return break_cycles(self.adjacency(), self.wait_started)
 
 
 def _newer(a: HomeEdges, b: HomeEdges) -> bool:

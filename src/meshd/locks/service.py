@@ -49,6 +49,7 @@ from meshd.locks.table import (
     Cancelled,
     Check,
     Conflict,
+    Deadlock,
     DelayEnded,
     Effect,
     Grant,
@@ -129,6 +130,9 @@ class LockService:
         self._backlog: list[JournalEvent] = []      # events of calls whose caller went away
         self._failed: StateError | None = None
         self._graph_version = 0
+        # Called (from any thread) when a request starts or stops waiting, so that the
+        # daemon's mesh-wide deadlock pass can look again at once.
+        self.on_wait_change: Callable[[], None] | None = None
 
     @property
     def path(self) -> Path:
@@ -232,11 +236,22 @@ class LockService:
         return self._run(read)
 
     def wait_for_graph(self) -> WaitForGraph:
-        """This home's part of the mesh-wide wait-for graph (versioned for merging)."""
+        """This home's part of the mesh-wide wait-for graph.  Its version is wall-clock
+        nanoseconds (kept increasing), so a restarted home's part still replaces the old one."""
         with self._mu:
-            self._graph_version += 1
+            self._graph_version = max(self._graph_version + 1, time.time_ns())
             edges = [(w, h) for w, hs in self._table.wait_edges().items() for h in hs]
-            return WaitForGraph.of_home(self.home, self._graph_version, edges)
+            wall = time.time() - self.clock()
+            since = {w.holder: round(wall + w.since, 6) for w in self._table.waiters()}
+            return WaitForGraph.of_home(self.home, self._graph_version, edges, since)
+
+    def abort_victim(self, holder: str, cycle: tuple[str, ...]) -> Outcome[bool]:
+        """Refuse ``holder``'s wait here as the victim of a mesh-wide deadlock ``cycle``.
+        False when it no longer waits here on the next holder of the cycle (a phantom)."""
+        def go(now: float) -> tuple[bool, list[Effect]]:
+            effects = self._table.abort_victim(holder, cycle, now)
+            return any(isinstance(e, WaitEnded) and e.cause is Phase.DEADLOCKED for e in effects), effects
+        return self._run(go)
 
     def seconds_to_next_deadline(self) -> float | None:
         with self._mu:
@@ -269,7 +284,10 @@ class LockService:
                 if fut is not None:
                     p.futures.append(fut)
             return res, effects
-        return self._run(go)
+        out = self._run(go)
+        if isinstance(out.result, Queued):
+            self._waits_changed()
+        return out
 
     def _finish(self, request_id: str, waited_s: float) -> Outcome[AcquireResult]:
         """One caller stops waiting: its result, and the queue place given up if it was last."""
@@ -380,8 +398,17 @@ class LockService:
             raise
 
     def _wake(self, effects: list[Effect], now: float) -> None:
-        for request_id, result in self._results(effects, now):
+        results = self._results(effects, now)
+        for request_id, result in results:
             self._resolve(request_id, result)
+        if results:
+            self._waits_changed()
+
+    def _waits_changed(self) -> None:
+        hook = self.on_wait_change
+        if hook is not None:
+            with contextlib.suppress(Exception):
+                hook()
 
     def _results(self, effects: list[Effect], now: float) -> list[tuple[str, AcquireResult]]:
         """How queued requests ended in ``effects``: granted, gave up, or dropped."""
@@ -389,6 +416,8 @@ class LockService:
         for e in effects:
             if isinstance(e, GrantStarted) and e.waited:
                 out.append((e.grant.request_id, Granted(e.grant)))
+            elif isinstance(e, WaitEnded) and e.cause is Phase.DEADLOCKED:
+                out.append((e.waiter.request_id, Deadlock(e.cycle)))
             elif isinstance(e, WaitEnded) and e.cause is Phase.TIMED_OUT:
                 out.append((e.waiter.request_id,
                             _gave_up(self._table, e.blocked, now, now - e.waiter.since)))

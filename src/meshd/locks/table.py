@@ -112,6 +112,7 @@ class Phase(StrEnum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     LOST = "lost"              # an upgrade whose base grant ended while it waited
+    DEADLOCKED = "deadlocked"  # the victim of a wait-for cycle found across homes
 
 
 class Ev(StrEnum):
@@ -125,12 +126,13 @@ class Ev(StrEnum):
     TIMEOUT = "timeout"
     CANCEL = "cancel"
     LOSE = "lose"
+    VICTIM = "victim"
 
 
 TRANSITIONS: dict[Phase, dict[Ev, Phase]] = {
     Phase.NEW: {Ev.QUEUE: Phase.WAITING, Ev.GRANT: Phase.HELD},
     Phase.WAITING: {Ev.GRANT: Phase.HELD, Ev.TIMEOUT: Phase.TIMED_OUT, Ev.CANCEL: Phase.CANCELLED,
-                    Ev.GONE: Phase.GONE, Ev.LOSE: Phase.LOST},
+                    Ev.GONE: Phase.GONE, Ev.LOSE: Phase.LOST, Ev.VICTIM: Phase.DEADLOCKED},
     Phase.HELD: {Ev.RENEW: Phase.HELD, Ev.RELEASE: Phase.RELEASED, Ev.EXPIRE: Phase.EXPIRED,
                  Ev.GONE: Phase.GONE, Ev.UPGRADE: Phase.UPGRADED},
 }
@@ -306,8 +308,9 @@ class DelayEnded:
 @dataclass(frozen=True)
 class WaitEnded:
     waiter: Waiter
-    cause: Phase                    # TIMED_OUT, CANCELLED, GONE or LOST
+    cause: Phase                    # TIMED_OUT, CANCELLED, GONE, LOST or DEADLOCKED
     blocked: Blocked | None = None  # for TIMED_OUT: what it was still waiting for
+    cycle: tuple[str, ...] = ()     # for DEADLOCKED: the cycle, the victim first
 
 
 Effect = GrantStarted | GrantEnded | DelayEnded | WaitEnded
@@ -530,6 +533,22 @@ class LockTable:
             return Cancelled(request_id, None), effects
         token = self._by_rid.get(request_id)
         return Cancelled(request_id, self._grants[token] if token is not None else None), effects
+
+    def abort_victim(self, holder: str, cycle: tuple[str, ...], now: float) -> list[Effect]:
+        """End ``holder``'s wait as the victim of a mesh-wide ``cycle`` (found by a pass over
+        the merged wait-for graphs), if it still waits here and still waits on the holder
+        that follows it in the cycle; otherwise nothing (no abort for a phantom cycle)."""
+        effects = self.expire(now)
+        rid = self._waiting.get(holder)
+        if rid is None or len(cycle) < 2 or cycle[0] != holder:
+            return effects
+        if cycle[1] not in self.wait_edges().get(holder, set()):
+            return effects
+        w = self._waiters[rid]
+        del self._waiters[rid]
+        del self._waiting[holder]
+        effects.append(WaitEnded(w, self._move(rid, Ev.VICTIM), cycle=cycle))
+        return effects + self._pump(now)
 
     # -- internals -------------------------------------------------------------------------
     def _advance(self, now: float) -> None:
