@@ -290,18 +290,51 @@ def test_spawn_supervises_and_gives_up(mesh: Mesh) -> None:
 
 
 # -- architect and briefing ------------------------------------------------------------------
+def architect(m: Mesh) -> tuple[str, int | None] | None:
+    marked = [(x["address"], x.get("architect_term")) for x in mesh_json(m, "agents") if x["architect"]]
+    assert len(marked) <= 1, marked
+    return marked[0] if marked else None
+
+
+def test_architect_of_an_unreachable_host_is_replaced_after_the_grace(pair: tuple[Mesh, Mesh]) -> None:
+    """The earliest agent's host goes away: after tasks.architect_grace_s the next live agent
+    leads with a higher term, and a command under the old term is refused; when the host
+    is back its agent leads again, under a term higher than both."""
+    a, b = pair
+    for m in (a, b):
+        m.env["MESHD_TASKS_ARCHITECT_GRACE_S"] = "2"
+    a.new_window("lead", "bash --norc --noprofile")
+    b.new_window("dev", "bash --norc --noprofile")
+    a.start_daemon()
+    until(lambda: architect(a) == ("alpha-main-lead", 1), what="alpha's lead claims term 1")
+    b.start_daemon()
+    until(lambda: architect(b) == ("alpha-main-lead", 1), what="beta agrees")
+    a.stop_daemon()
+    until(lambda: architect(b) == ("beta-main-dev", 2), timeout=20, what="beta's dev takes over")
+    r = b.run("mesh", "task", "add", "stale", "--term", "1")
+    assert r.returncode == 3 and "stale architect term 1" in r.stderr, r.stderr
+    a.start_daemon()
+    for m in (a, b):
+        until(lambda m=m: architect(m) == ("alpha-main-lead", 3), timeout=20, what="lead is back")
+    assert b.run("mesh", "task", "add", "stale", "--term", "2").returncode == 3
+
+
 def test_briefing_once_and_architect_takeover(mesh: Mesh) -> None:
     m = fast(mesh, MESHD_TASKS_BRIEF_TOOLS="other")
     lead, lead_log = reader(m, "lead", scan=False)
     _, dev_log = reader(m, "dev", scan=False)
     m.start_daemon()
     got(lead_log, "You are the ARCHITECT")
+    got(lead_log, "Your term is 1")
     got(dev_log, "The ARCHITECT is testhost-main-lead")
     got(dev_log, "FRAMEWORK.md")
-    assert [x["address"] for x in mesh_json(m, "agents") if x["architect"]] == ["testhost-main-lead"]
+    assert architect(m) == ("testhost-main-lead", 1)
     m.tmux.run("kill-window", "-t", lead)
     m.run("mesh", "resync")
-    assert [x["address"] for x in mesh_json(m, "agents") if x["architect"]] == ["testhost-main-dev"]
+    until(lambda: architect(m) == ("testhost-main-dev", 2), what="dev takes over with term 2")
+    r = m.run("mesh", "task", "add", "under the old term", "--term", "1")
+    assert r.returncode == 3 and "stale architect term 1" in r.stderr, r.stderr
+    assert m.run("mesh", "task", "add", "under the new one", "--term", "2").returncode == 0
     _, late_log = reader(m, "late")
     got(late_log, "The ARCHITECT is testhost-main-dev")
     m.stop_daemon()

@@ -314,3 +314,45 @@ def test_prompts_say_how_to_report() -> None:
     assert "ARCHITECT is h-main-a" in b and "FRAMEWORK.md" in b and "notify-pane" in b
     assert "mesh lock" in b and "mesh task" in b
     assert "You are the ARCHITECT" in prompts.briefing("h-main-a", "h-main-a", "F")
+
+
+# -- the ARCHITECT: choice and terms (pure) ---------------------------------------------------
+def _entries(*spec: tuple[str, str]) -> list[Any]:
+    from meshd.registry.fold import Agent, Entry
+
+    return [Entry(Agent(id=f"id-{name}", host=host, address=name, session="s", session_id="$1",
+                        window=name, window_id="@1", pane_id="%1", pane_index=0, pane_pid=1,
+                        tool="claude"), (i, host, i), 0.0)
+            for i, (name, host) in enumerate(spec)]
+
+
+def test_architect_is_the_earliest_agent_of_a_live_host() -> None:
+    from meshd.daemon.architect import choose
+
+    listing = _entries(("a-lead", "a"), ("b-dev", "b"), ("c-x", "c"))
+    pick = lambda **kw: (choose(listing, **{"here": "c", "up": set(), "last_seen": {}, "started": 0.0,  # noqa: E731
+                                            "grace_s": 20.0, "now": 100.0, **kw}) or listing[0]).agent.address
+    assert pick(up={"a"}) == "a-lead"
+    assert pick(last_seen={"a": 90.0}) == "a-lead"                     # within the grace
+    assert pick(last_seen={"a": 50.0}, up={"b"}) == "b-dev"           # a is gone, b is up
+    assert pick(last_seen={"a": 50.0, "b": 50.0}) == "c-x"            # only this host
+    assert pick(started=95.0) == "a-lead"                             # just started: count all
+    assert choose([], here="c", up=set(), last_seen={}, started=0, grace_s=1, now=1) is None
+
+
+def test_terms_fold_to_the_largest_and_stale_terms_are_refused() -> None:
+    from meshd.daemon.architect import Term, check_term, fold_terms
+    from meshd.errors import Refused, UsageError
+
+    ev = lambda o, s, body: Event(o, s, s, 0.0, "architect.term", body)  # noqa: E731
+    events = [ev("a", 1, {"architect": "x", "term": 1}), ev("b", 1, {"architect": "y", "term": 1}),
+              ev("b", 2, {"architect": "x", "term": 2}), ev("a", 2, {"architect": "x", "term": 2}),
+              ev("c", 1, {"term": "bad"})]
+    for perm in itertools.permutations(events):
+        assert fold_terms(Term(), perm) == Term(2, "x")
+    check_term(Term(2, "x"), {"term": 2})
+    check_term(Term(2, "x"), {})
+    with pytest.raises(Refused, match="stale architect term 1"):
+        check_term(Term(2, "x"), {"term": "1"})
+    with pytest.raises(UsageError):
+        check_term(Term(2, "x"), {"term": "two"})

@@ -114,6 +114,8 @@ class TasksConfig:
                                "attempt is abandoned", lo=0, hi=600)
     unreachable_grace_s: float = _k(60.0, "seconds a worker's host may be unreachable before its "
                                     "task is abandoned", lo=0, hi=86400)
+    architect_grace_s: float = _k(20.0, "seconds the agents of an unreachable host still count for "
+                                  "the ARCHITECT (so a link flap does not change it)", lo=0, hi=86400)
     briefing: bool = _k(True, "brief every new agent once (architect, rules, tools)")
     brief_tools: str = _k("claude,codex,gemini,aider,cursor-agent",
                           "comma-separated tools whose new agents get the briefing")

@@ -184,7 +184,8 @@ def agents(as_json: bool) -> None:
     if not items:
         click.echo("no agents (is tmux running? `mesh doctor`)")
     for x in items:
-        badge = "  ARCHITECT" if x.get("architect") else ""
+        term = f" (term {x['architect_term']})" if x.get("architect_term") else ""
+        badge = f"  ARCHITECT{term}" if x.get("architect") else ""
         role = f" role={x['role']}" if x.get("role") else ""
         click.echo(f"{x['address']:<40} {x['tool']:<12} {x.get('state', '?'):<9} "
                    f"{x['pane']:<5}{role}{badge}")

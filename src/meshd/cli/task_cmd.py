@@ -96,6 +96,8 @@ def _emit(t: dict[str, Any], as_json: bool) -> None:
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="print JSON")
 _NOTE = click.option("--note", default="", help="a word for the history (what, or why)")
+_TERM = click.option("--term", type=int, default=None, metavar="N",
+                     help="the ARCHITECT's term this command acts under; refused (exit 3) if stale")
 
 
 @click.group("task", cls=TaskGroup)
@@ -116,10 +118,11 @@ def task() -> None:
               help="start only after these tasks completed (repeat, or comma-separated)")
 @click.option("--exec", "exec_", is_flag=True, help="run --tool headless in a new tmux window")
 @click.option("--worktree", is_flag=True, help="with --exec: in a new git worktree of this repository")
+@_TERM
 @_JSON
 def add(text: tuple[str, ...], to: str | None, role: str | None, tool: str | None, critic: bool,
         needs: str, timeout: str | None, depends_on: tuple[str, ...], exec_: bool, worktree: bool,
-        as_json: bool) -> None:
+        term: int | None, as_json: bool) -> None:
     """Offer TEXT to the mesh; print the task id."""
     body = " ".join(text)
     if body == "-":
@@ -127,7 +130,7 @@ def add(text: tuple[str, ...], to: str | None, role: str | None, tool: str | Non
     deps = [d.strip() for item in depends_on for d in item.split(",") if d.strip()]
     args: dict[str, Any] = {"text": body, "to": to, "role": role, "tool": tool, "critic": critic,
                             "depends_on": deps, "exec": exec_, "worktree": worktree,
-                            "cwd": os.getcwd(), **parse_needs(needs)}
+                            "cwd": os.getcwd(), "term": term, **parse_needs(needs)}
     if timeout is not None:
         args["timeout_s"] = parse_duration(timeout)
     t = _call("task_add", args)
@@ -177,9 +180,10 @@ def _move_command(name: str, op: str, doc: str) -> None:
     @task.command(name, help=doc)
     @click.argument("task_id", metavar="ID")
     @_NOTE
+    @_TERM
     @_JSON
-    def cmd(task_id: str, note: str, as_json: bool) -> None:
-        _emit(_call(op, {"id": task_id, "note": note}), as_json)
+    def cmd(task_id: str, note: str, term: int | None, as_json: bool) -> None:
+        _emit(_call(op, {"id": task_id, "note": note, "term": term}), as_json)
 
 
 for _name, _doc in (("claim", "Take a queued task: this pane's agent becomes its worker."),
@@ -196,12 +200,14 @@ for _name, _doc in (("claim", "Take a queued task: this pane's agent becomes its
 @click.argument("task_id", metavar="ID")
 @click.option("--approve/--reject", "approve", default=None, help="the verdict")
 @_NOTE
+@_TERM
 @_JSON
-def review(task_id: str, approve: bool | None, note: str, as_json: bool) -> None:
+def review(task_id: str, approve: bool | None, note: str, term: int | None, as_json: bool) -> None:
     """Judge a task under review: approve completes it, reject sends it back with the note."""
     if approve is None:
         raise UsageError("say --approve or --reject")
-    _emit(_call("task_review", {"id": task_id, "approve": approve, "note": note}), as_json)
+    _emit(_call("task_review", {"id": task_id, "approve": approve, "note": note, "term": term}),
+          as_json)
 
 
 # -- spawn ---------------------------------------------------------------------------------

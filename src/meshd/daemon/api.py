@@ -68,6 +68,9 @@ class Api:
             "generation": d.journal.generation, "uptime_s": round(time.time() - d.started, 1),
             "started": iso(d.started), "socket": str(d.paths.socket), "home": str(d.paths.home),
             "tmux_socket": str(d.tmux.socket or "default"),
+            "architect": (d.registry.agents[a].agent.address
+                          if (a := d.architect_id()) in d.registry.agents else None),
+            "architect_term": d.term.term,
             "tmux_alive": await asyncio.to_thread(d.tmux.alive),
             "agents_local": len(d.registry.of_host(d.host)),
             "agents_total": len(d.registry.agents),
@@ -82,6 +85,9 @@ class Api:
         listing = d.registry.listing()
         first = d.architect_id()
         out = [entry_dict(x, x.agent.id == first) for x in listing]
+        for item in out:
+            if item["architect"]:
+                item["architect_term"] = d.term.term if d.term.architect == first else None
         states = await asyncio.to_thread(self._states, [x for x in listing
                                                         if x.agent.host == d.host])
         up = d.peers.hosts_up()

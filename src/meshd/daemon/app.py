@@ -27,7 +27,7 @@ from typing import Any
 
 from meshd import config as config_mod
 from meshd.config import Config
-from meshd.daemon import lock_graph, locks_api, pending, tasks_api
+from meshd.daemon import architect, lock_graph, locks_api, pending, tasks_api
 from meshd.daemon.discovery import Discovered, discover
 from meshd.daemon.pidlock import PidLock
 from meshd.errors import ConfigError, MeshError
@@ -36,7 +36,7 @@ from meshd.journal.event import Event
 from meshd.journal.store import Journal
 from meshd.locks.service import LockService
 from meshd.paths import StatePaths
-from meshd.registry.fold import Agent, Registry, changes, fold
+from meshd.registry.fold import Agent, Entry, Registry, changes, fold
 from meshd.registry.views import render
 from meshd.tmux.runner import Tmux
 from meshd.transport import unix
@@ -64,6 +64,7 @@ class Daemon:
         self.queued: dict[str, dict[str, Any]] = {}  # id -> msg.queued body, for agents here
         self.locks: LockService | None = None
         self.mesh_waits = lock_graph.MeshWaits()  # other homes' wait-for edges
+        self.term = architect.Term()                # the ARCHITECT's current term (journal)
         from meshd.daemon.api import Api  # the API needs a constructed daemon
         from meshd.daemon.peers import PeerManager
 
@@ -119,7 +120,7 @@ class Daemon:
                 loops = [tg.create_task(self._scan_loop()), tg.create_task(self._rescan_timer()),
                          tg.create_task(self._views_loop()), tg.create_task(self._queue_loop()),
                          tg.create_task(self.peers.run()), tg.create_task(locks_api.run_ticker(self)),
-                         tg.create_task(lock_graph.run(self)),
+                         tg.create_task(lock_graph.run(self)), tg.create_task(architect.run(self)),
                          tg.create_task(tasks_api.run(self))]
                 await self._stop.wait()
                 server.close()
@@ -172,6 +173,7 @@ class Daemon:
 
     def _note(self, events: list[Event]) -> None:
         tasks_api.on_events(self, events)
+        self.term = architect.fold_terms(self.term, events)
         for e in events:
             if e.kind in ("msg.delivered", "msg.dropped"):
                 self.done_ids.add(str(e.body.get("id")))
@@ -185,9 +187,15 @@ class Daemon:
         self.last_seen[host] = time.time()
         self._views_wanted.set()
 
+    def architect(self) -> Entry | None:
+        """The ARCHITECT as this host sees it (rule in daemon/architect.py)."""
+        return architect.choose(self.registry.listing(), here=self.host, up=self.peers.hosts_up(),
+                                last_seen=self.last_seen, started=self.started,
+                                grace_s=self.cfg.tasks.architect_grace_s, now=time.time())
+
     def architect_id(self) -> str | None:
-        listing = self.registry.listing()
-        return listing[0].agent.id if listing else None
+        arch = self.architect()
+        return arch.agent.id if arch is not None else None
 
     async def _views_loop(self) -> None:
         while True:

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from meshd.daemon import tasks_exec
+from meshd.daemon import architect, tasks_exec
 from meshd.daemon.tasks_loop import run as run
 from meshd.daemon.tasks_service import TasksDaemon, TaskService, settings_of
 from meshd.errors import Refused, UnknownAgent, UsageError
@@ -70,6 +70,7 @@ async def op_task_show(d: TasksDaemon, args: dict[str, Any]) -> dict[str, Any]:
 
 # -- add -----------------------------------------------------------------------------------
 async def op_task_add(d: TasksDaemon, args: dict[str, Any]) -> dict[str, Any]:
+    architect.check_term(d.term, args)
     svc = d.tasks
     body = await _added_body(d, args)
     async with svc.add_lock:
@@ -179,6 +180,7 @@ async def op_task_review(d: TasksDaemon, args: dict[str, Any]) -> dict[str, Any]
 async def _move(d: TasksDaemon, t: Task, kind: str, event: str, args: dict[str, Any],
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check the move on this host's board, journal it, and confirm the fold took it."""
+    architect.check_term(d.term, args)
     try:
         transition(t.state, event)
     except IllegalTransition as exc:

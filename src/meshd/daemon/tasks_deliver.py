@@ -144,9 +144,13 @@ async def _deliver_briefing(d: TasksDaemon, agent: Agent) -> None:
     the restart (the thread finishes the delivery; the mark is already journaled).
     """
     arch = d.architect_id()
+    if arch == agent.id and d.term.architect != arch:
+        d.tasks.brief_next[agent.id] = time.monotonic() + 0.5   # its term is being claimed
+        return
     entry = d.registry.agents.get(arch) if arch else None
     lead = entry.agent.address if entry else None
-    text = prompts.briefing(agent.address, lead, str(framework_path(d)))
+    term = d.term.term if arch is not None and d.term.architect == arch else None
+    text = prompts.briefing(agent.address, lead, str(framework_path(d)), term)
     await d.record("agent.briefed", {"agent": agent.id, "address": agent.address, "architect": lead})
     try:
         await asyncio.to_thread(deliver_text, d, agent, by_meshd(d), text)

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from meshd.daemon.architect import Term
 from meshd.journal.event import Event
 from meshd.paths import StatePaths
 from meshd.registry.fold import Entry, Registry
@@ -79,6 +80,8 @@ class TasksDaemon(Protocol):
     def last_seen(self) -> dict[str, float]: ...
     @property
     def tasks(self) -> TaskService: ...
+    @property
+    def term(self) -> Term: ...
 
     async def record(self, kind: str, body: dict[str, Any]) -> Event: ...
     async def record_many(self, items: list[tuple[str, dict[str, Any]]]) -> list[Event]: ...

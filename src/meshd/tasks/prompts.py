@@ -43,10 +43,13 @@ def feedback(t: Task) -> str:
     ])
 
 
-def briefing(me: str, architect: str | None, framework: str) -> str:
+def briefing(me: str, architect: str | None, framework: str, term: int | None = None) -> str:
     """What a new agent learns on arrival: who leads, the rules, the tools."""
     lead = ("You are the ARCHITECT: the earliest agent in the mesh. You keep the framework file "
             f"{framework} and split work into tasks."
+            + (f" Your term is {term}: add `--term {term}` to the task commands you give as "
+               "architect, so that they are refused if another agent has taken over."
+               if term else "")
             if architect == me else
             f"The ARCHITECT is {architect or '(none yet)'}; follow {framework}, which it keeps.")
     return "\n".join([
