@@ -219,3 +219,55 @@ def test_s2_restricted_key_runs_only_meshd_link(lab: Lab) -> None:
         start_all(lab)  # links still work: they only ever ask for `meshd link`
     finally:
         lab.set_key_options("")
+
+
+def architects(h: Host) -> list[tuple[str, int | None]]:
+    return [(x["address"], x.get("architect_term")) for x in h.agents() if x["architect"]]
+
+
+def test_r9_partition_heal_leaves_exactly_one_architect(lab: Lab) -> None:
+    """Halves {a, b} | {c}, each getting its first agent while apart, so each side elects
+    its own architect under term 1.  After the heal every host names the same one, within
+    the R1 bound, under a term higher than both; the terms every host showed only grew;
+    and a command under the stale term is refused on every host."""
+    a, b, c = lab["a"], lab["b"], lab["c"]
+    for h in lab:
+        h.start_meshd()
+    for h in lab:
+        until(lambda h=h: sum(p["up"] for p in json.loads(h.mesh("peers", "--json").stdout)) == 2,
+              20, f"{h.name} linked to both")
+    lab.split([a, b], [c])
+    for h in (a, c):
+        h.new_window("lead", "bash --norc")
+        h.mesh("resync")
+    until(lambda: architects(b) == [("a-main-lead", 1)], 20, "a-side architect")
+    until(lambda: architects(c) == [("c-main-lead", 1)], 20, "c-side architect")
+    seen: dict[str, list[int]] = {h.name: [1] for h in lab}
+    lab.heal()
+    t0 = time.monotonic()
+
+    def agreed() -> bool:
+        views = {}
+        for h in lab:
+            arch = architects(h)
+            assert len(arch) <= 1, f"{h.name} shows two architects: {arch}"
+            if arch and arch[0][1] is not None:
+                seen[h.name].append(int(arch[0][1]))
+            views[h.name] = arch[0] if arch else None
+            if len(h.agents()) != 2:
+                return False
+        return len(set(views.values())) == 1 and None not in views.values() and \
+            min(seen[h.name][-1] for h in lab) >= 2
+    until(agreed, 20, "one architect on every host")
+    heal_s = time.monotonic() - t0
+    final = architects(a)[0]
+    assert final[0] in ("a-main-lead", "c-main-lead") and final[1] is not None
+    for name, terms in seen.items():
+        assert terms == sorted(terms), f"{name} saw the term go back: {terms}"
+    time.sleep(2)   # nothing flaps afterwards
+    assert all(architects(h) == [final] for h in lab)
+    for h in lab:
+        r = h.mesh("task", "add", "under the old term", "--term", "1")
+        assert r.returncode == 3 and "stale architect term 1" in r.stderr, (h.name, r.stderr)
+    assert a.mesh("task", "add", "under the current one", "--term", str(final[1])).returncode == 0
+    assert heal_s <= 10, f"one architect only after {heal_s:.1f} s (R1 bound: 10 s)"

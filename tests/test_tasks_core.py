@@ -341,7 +341,7 @@ def test_architect_is_the_earliest_agent_of_a_live_host() -> None:
 
 
 def test_terms_fold_to_the_largest_and_stale_terms_are_refused() -> None:
-    from meshd.daemon.architect import Term, check_term, fold_terms
+    from meshd.daemon.architect import Term, TermBook, check_term
     from meshd.errors import Refused, UsageError
 
     ev = lambda o, s, body: Event(o, s, s, 0.0, "architect.term", body)  # noqa: E731
@@ -349,10 +349,18 @@ def test_terms_fold_to_the_largest_and_stale_terms_are_refused() -> None:
               ev("b", 2, {"architect": "x", "term": 2}), ev("a", 2, {"architect": "x", "term": 2}),
               ev("c", 1, {"term": "bad"})]
     for perm in itertools.permutations(events):
-        assert fold_terms(Term(), perm) == Term(2, "x")
+        book = TermBook()
+        book.apply(perm)
+        assert book.current == Term(2, "x") and not book.contested
+    split = TermBook()
+    split.apply(events[:2])                       # both sides of a partition claimed term 1
+    assert split.current == Term(1, "y") and split.contested
     check_term(Term(2, "x"), {"term": 2})
+    check_term(Term(2, "x"), {"term": 2}, caller="x")
     check_term(Term(2, "x"), {})
     with pytest.raises(Refused, match="stale architect term 1"):
         check_term(Term(2, "x"), {"term": "1"})
+    with pytest.raises(Refused, match="belongs to architect"):
+        check_term(Term(2, "x"), {"term": 2}, caller="y")
     with pytest.raises(UsageError):
         check_term(Term(2, "x"), {"term": "two"})

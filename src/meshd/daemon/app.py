@@ -28,6 +28,7 @@ from typing import Any
 from meshd import config as config_mod
 from meshd.config import Config
 from meshd.daemon import architect, lock_graph, locks_api, pending, tasks_api
+from meshd.daemon.architect import Term
 from meshd.daemon.discovery import Discovered, discover
 from meshd.daemon.pidlock import PidLock
 from meshd.errors import ConfigError, MeshError
@@ -64,7 +65,7 @@ class Daemon:
         self.queued: dict[str, dict[str, Any]] = {}  # id -> msg.queued body, for agents here
         self.locks: LockService | None = None
         self.mesh_waits = lock_graph.MeshWaits()  # other homes' wait-for edges
-        self.term = architect.Term()                # the ARCHITECT's current term (journal)
+        self.terms = architect.TermBook()           # the ARCHITECT's terms (journal)
         from meshd.daemon.api import Api  # the API needs a constructed daemon
         from meshd.daemon.peers import PeerManager
 
@@ -173,7 +174,7 @@ class Daemon:
 
     def _note(self, events: list[Event]) -> None:
         tasks_api.on_events(self, events)
-        self.term = architect.fold_terms(self.term, events)
+        self.terms.apply(events)
         for e in events:
             if e.kind in ("msg.delivered", "msg.dropped"):
                 self.done_ids.add(str(e.body.get("id")))
@@ -192,6 +193,10 @@ class Daemon:
         return architect.choose(self.registry.listing(), here=self.host, up=self.peers.hosts_up(),
                                 last_seen=self.last_seen, started=self.started,
                                 grace_s=self.cfg.tasks.architect_grace_s, now=time.time())
+
+    @property
+    def term(self) -> Term:
+        return self.terms.current
 
     def architect_id(self) -> str | None:
         arch = self.architect()

@@ -70,7 +70,7 @@ async def op_task_show(d: TasksDaemon, args: dict[str, Any]) -> dict[str, Any]:
 
 # -- add -----------------------------------------------------------------------------------
 async def op_task_add(d: TasksDaemon, args: dict[str, Any]) -> dict[str, Any]:
-    architect.check_term(d.term, args)
+    _check_term(d, args)
     svc = d.tasks
     body = await _added_body(d, args)
     async with svc.add_lock:
@@ -180,7 +180,7 @@ async def op_task_review(d: TasksDaemon, args: dict[str, Any]) -> dict[str, Any]
 async def _move(d: TasksDaemon, t: Task, kind: str, event: str, args: dict[str, Any],
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check the move on this host's board, journal it, and confirm the fold took it."""
-    architect.check_term(d.term, args)
+    _check_term(d, args)
     try:
         transition(t.state, event)
     except IllegalTransition as exc:
@@ -229,6 +229,11 @@ def _resolve(d: TasksDaemon, address: str) -> Entry:
 
 def _caller(d: TasksDaemon, args: dict[str, Any]) -> Entry | None:
     return d.api._sender_entry(args)
+
+
+def _check_term(d: TasksDaemon, args: dict[str, Any]) -> None:
+    me = _caller(d, args) if args.get("term") not in (None, "") else None
+    architect.check_term(d.term, args, me.agent.id if me is not None else None)
 
 
 def _caller_name(d: TasksDaemon, args: dict[str, Any]) -> str:
