@@ -2,20 +2,19 @@
 
 Each home decides its own keys, so it sees only the waits queued on it.  A cycle
 across homes (A waits on a's key held by B, B waits on b's key held by A) closes
-without any one home seeing it.  Two mechanisms catch it:
+without any one home seeing it.  A request is checked at once only against its own
+home's edges (those are exact); other homes' edges known here may be stale, and a refusal
+on them could abort for a phantom cycle.  So cross-home cycles are left to the pass:
 
-* **at request time**: a request about to wait is checked against this home's
-  edges *and* the other homes' latest known edges (``extra_edges``), so a request
-  that closes a known cycle is refused at once, like a local one;
-* **the pass**: edges still can race (two homes queue the two halves at the same
-  instant).  Every home pushes its part to its linked peers whenever its waits
-  change (and every ``REFRESH_S``), keeps theirs, and looks for cycles in the
-  merged graph.  Each cycle gets one victim, the youngest waiter
-  (:func:`meshd.locks.deadlock.pick_victim`, the same on every home).  Only the
-  home where the victim waits acts, and only after confirming: it fetches the
-  current parts of every home holding an edge of the cycle, and refuses the
-  victim's wait only if the cycle is still there and the victim still chosen.  A
-  cycle whose edge went away just before (a phantom) is left alone.
+* every home pushes its part to its linked peers whenever one of its waits starts or
+  ends (and every ``PUSH_EVERY_S``), keeps theirs, and looks for cycles in the merged
+  graph.  Each cycle gets one victim, the youngest waiter
+  (:func:`meshd.locks.deadlock.pick_victim`, the same on every home) -- usually the
+  request that closed it, as on one home.  Only the home where the victim waits acts,
+  and only after confirming: it fetches the current parts of every home holding an
+  edge of the cycle, and refuses the victim's wait only if the cycle is still there
+  and the victim still chosen.  A cycle whose edge went away just before (a phantom)
+  is left alone.
 
 Parts travel in the ``lock_waits`` peer op (push-pull: the caller's part in, the
 callee's part out).  A part from a host whose link is down is dropped: its edges
@@ -68,9 +67,6 @@ class MeshWaits:
 
     def keep_only(self, homes: set[str]) -> None:
         self.graph = self.graph.only(homes)
-
-    def edges_except(self, home: str) -> dict[str, set[str]]:
-        return self.graph.without(home).adjacency()
 
 
 def encode(home: str, part: HomeEdges) -> dict[str, Any]:

@@ -82,12 +82,11 @@ def attach(daemon: LocksDaemon) -> LockService:
 async def op_lock_acquire(daemon: LocksDaemon, args: dict[str, Any]) -> dict[str, Any]:
     svc, target = _service(daemon), _target(args)
     home = _home(daemon, target)
-    mesh_waits = getattr(daemon, "mesh_waits", None)
-    others = mesh_waits.edges_except(daemon.host) if mesh_waits is not None else None
+    # Other homes' edges are not passed as extra_edges: a cached edge may be stale, and a
+    # refusal on it would abort for a phantom cycle.  lock_graph's pass confirms first.
     out = await svc.acquire_async(target, _mode(args), holder_of(daemon, args),
                                   ttl_s=_float(args, "ttl_s"), wait_s=_float(args, "wait_s") or 0.0,
-                                  request_id=str(args.get("request_id") or "") or None,
-                                  extra_edges=others)
+                                  request_id=str(args.get("request_id") or "") or None)
     await _journal(daemon, out.events)
     res = out.result
     if isinstance(res, Granted):
@@ -168,7 +167,7 @@ def _forwarding(name: str) -> Any:
         local = {**args, "target": target} if raw else args
         if home == daemon.host:
             return await LOCAL_OPS[name](daemon, local)
-        if name != "lock_list":
+        if name not in ("lock_list", "lock_check"):  # a check names no holder
             local = {**local, "holder": holder_of(daemon, args)}
         peers = getattr(daemon, "peers", None)
         if peers is None:
