@@ -11,13 +11,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_missing=()
+# cc builds the crash shim of tests/test_locks_powercut.py; gcc only recommends libc6-dev (the C
+# headers), which --no-install-recommends skips, so it is checked by its stdio.h below.
 for pair in tmux:tmux ssh:openssh-client sshd:openssh-server ps:procps git:git ip:iproute2 \
-            nft:nftables setfacl:acl runuser:util-linux useradd:passwd node:nodejs npm:npm; do
+            nft:nftables setfacl:acl runuser:util-linux useradd:passwd node:nodejs npm:npm \
+            cc:gcc; do
     cmd=${pair%%:*} pkg=${pair#*:}
     if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
         apt_missing+=("$pkg")
     fi
 done
+[ -f /usr/include/stdio.h ] || apt_missing+=(libc6-dev)
 if [ ${#apt_missing[@]} -gt 0 ]; then
     echo "test.sh: installing Debian packages: ${apt_missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -46,7 +46,9 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o600) -> None:
 
 
 def private_dir(path: Path) -> Path:
-    """Create ``path`` and any missing parents with mode 0700 (mkdir's ``mode`` skips parents)."""
+    """Create ``path`` and any missing parents with mode 0700 (mkdir's ``mode`` skips parents).
+    Each new directory's name is made durable (its parent fsynced), so a power cut right after
+    the first write into it cannot take the whole directory away."""
     missing = []
     p = path
     while not p.exists():
@@ -56,6 +58,7 @@ def private_dir(path: Path) -> Path:
         with contextlib.suppress(FileExistsError):
             d.mkdir(mode=0o700)
         os.chmod(d, 0o700)
+        fsync_dir(d.parent)
     return path
 
 
