@@ -17,6 +17,10 @@ screen; :meth:`StandIn.finish_streams` ends the streams in flight early. A promp
 (for aider, a fenced shell block, which aider offers to run). Every request is recorded, so a test
 can assert exactly which user text arrived and how many times.
 
+A test may script Claude Code's turns with :attr:`StandIn.planner`: called (in a worker thread,
+so it may block to hold the reply) with each conversation turn, it returns a shell command that
+the reply asks the CLI to run as a Bash tool call, or None for the usual reply.
+
 The server runs on its own asyncio loop in a daemon thread; all public methods are thread-safe.
 """
 
@@ -27,7 +31,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +59,9 @@ class Call:
     body: Any
 
 
+Planner = Callable[[Call], str | None]
+
+
 class StandIn:
     """The stand-in server; use as a context manager or call :meth:`start` / :meth:`stop`."""
 
@@ -70,6 +77,7 @@ class StandIn:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
         self.port = port
+        self.planner: Planner | None = None  # Claude Code turns only (see the module docstring)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -210,7 +218,13 @@ class StandIn:
         main = bool(body.get("tools"))
         self._record(request, "anthropic", user_text, main, body)
         tool = _pick_tool([t.get("name", "") for t in body.get("tools") or []])
-        use_tool = main and tool is not None and user_text is not None and TOOL_MARKER in user_text
+        planner = self.planner
+        planned = None
+        if main and tool is not None and planner is not None:
+            call = Call("anthropic", request.method, request.path_qs, user_text, main, body)
+            planned = await asyncio.to_thread(planner, call)
+        use_tool = planned is not None or (
+            main and tool is not None and user_text is not None and TOOL_MARKER in user_text)
         model = body.get("model", "claude-stand-in")
         msg_id = f"msg_{uuid.uuid4().hex[:20]}"
         usage = {"input_tokens": 100, "output_tokens": 1, "cache_creation_input_tokens": 0,
@@ -218,7 +232,7 @@ class StandIn:
         if not body.get("stream"):
             content: list[dict[str, Any]] = [{"type": "text", "text": "".join(self._words())}]
             if use_tool:
-                content = [_anthropic_tool_block(tool or "Bash")]
+                content = [_anthropic_tool_block(tool or "Bash", planned or DIALOG_COMMAND)]
             return web.json_response({
                 "id": msg_id, "type": "message", "role": "assistant", "model": model,
                 "content": content, "stop_reason": "tool_use" if use_tool else "end_turn",
@@ -232,7 +246,7 @@ class StandIn:
             "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": usage}})
         if use_tool:
-            block = _anthropic_tool_block(tool or "Bash")
+            block = _anthropic_tool_block(tool or "Bash", planned or DIALOG_COMMAND)
             await send("content_block_start", {"type": "content_block_start", "index": 0,
                                                "content_block": {**block, "input": {}}})
             await send("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
@@ -393,9 +407,10 @@ def _pick_tool(names: list[str]) -> str | None:
     return next((n for n in _SHELL_TOOLS if n in names), None)
 
 
-def _anthropic_tool_block(name: str) -> dict[str, Any]:
+def _anthropic_tool_block(name: str, command: str = DIALOG_COMMAND) -> dict[str, Any]:
+    what = "Create a probe file" if command == DIALOG_COMMAND else "Run a command"
     return {"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:20]}", "name": name,
-            "input": {"command": DIALOG_COMMAND, "description": "Create a probe file"}}
+            "input": {"command": command, "description": what}}
 
 
 def _shell_arguments(tool: dict[str, Any]) -> dict[str, Any]:
