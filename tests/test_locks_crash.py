@@ -25,13 +25,15 @@ from meshd.locks.service import LockService
 from meshd.locks.store import LockStore
 from meshd.locks.table import Granted
 
+FIXTURES = Path(__file__).parent / "fixtures"
 KILLS = int(os.environ.get("MESHD_LOCK_KILLS", "20"))
 
 CHILD = r"""
-import random, sys, uuid
+import random, sys
 from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from lockwork import step
 from meshd.locks.service import LockService
-from meshd.locks.table import Granted, Released
 
 db, seed = Path(sys.argv[1]), int(sys.argv[2])
 rnd = random.Random(seed)
@@ -39,33 +41,14 @@ svc = LockService(db, lock_delay_s=0)
 held = [(g.target, g.holder, g.token) for g in svc.snapshot().result.grants]
 print("ready", flush=True)
 while True:
-    if held and rnd.random() < 0.35:
-        target, holder, token = held.pop(rnd.randrange(len(held)))
-        print("X", token, flush=True)
-        res = svc.release(target, holder, token).result
-        assert isinstance(res, Released), res
-        print("R", token, flush=True)
-        continue
-    holder, target = f"h{rnd.randrange(5)}", f"/w/{rnd.randrange(40)}/f{rnd.randrange(3)}"
-    mode = rnd.choice(["read", "write", "intent", "co_write"])
-    mine = [tok for t, h, tok in held if (t, h) == (target, holder)]
-    for tok in mine:                            # this request may upgrade (replace) that grant
-        print("X", tok, flush=True)
-    out = svc.acquire(target, mode, holder, ttl_s=3600, request_id=uuid.uuid4().hex)
-    res = out.result
-    replaced = [b["upgraded_from"] for k, b in out.events
-                if k == "lock.granted" and b["upgraded_from"] is not None]
-    for tok in mine:
-        print("R" if tok in replaced else "K", tok, flush=True)
-    held[:] = [h for h in held if h[2] not in replaced]
-    if isinstance(res, Granted) and res.how == "new":
-        held.append((res.grant.target, holder, res.token))
-        print("G", res.token, flush=True)
+    g = step(svc, held, rnd)
+    if g is not None:
+        print("G", g.token, flush=True)
 """
 
 
 def _run_once(db: Path, seed: int, rnd: random.Random, log: list[tuple[str, int]]) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(seed)],
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(seed), str(FIXTURES)],
                             stdout=subprocess.PIPE, text=True, bufsize=1)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"

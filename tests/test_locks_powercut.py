@@ -61,10 +61,11 @@ SHIM_SRC = Path(__file__).parent / "crashshim" / "crashshim.c"
 SECTOR = 512
 
 CHILD = r"""
-import random, sys, uuid
+import random, sys
 from pathlib import Path
+sys.path.insert(0, sys.argv[4])
+from lockwork import step
 from meshd.locks.service import LockService
-from meshd.locks.table import Granted, Released
 
 db, seed, sync = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 rnd = random.Random(seed)
@@ -82,28 +83,8 @@ while True:
         svc.close()
         svc, held = start()
         continue
-    if held and rnd.random() < 0.35:
-        target, holder, token = held.pop(rnd.randrange(len(held)))
-        print("X", token, flush=True)
-        res = svc.release(target, holder, token).result
-        assert isinstance(res, Released), res
-        print("R", token, flush=True)
-        continue
-    holder, target = f"h{rnd.randrange(5)}", f"/w/{rnd.randrange(40)}/f{rnd.randrange(3)}"
-    mode = rnd.choice(["read", "write", "intent", "co_write"])
-    mine = [tok for t, h, tok in held if (t, h) == (target, holder)]
-    for tok in mine:                            # this request may upgrade (replace) that grant
-        print("X", tok, flush=True)
-    out = svc.acquire(target, mode, holder, ttl_s=3600, request_id=uuid.uuid4().hex)
-    res = out.result
-    replaced = [b["upgraded_from"] for k, b in out.events
-                if k == "lock.granted" and b["upgraded_from"] is not None]
-    for tok in mine:
-        print("R" if tok in replaced else "K", tok, flush=True)
-    held[:] = [h for h in held if h[2] not in replaced]
-    if isinstance(res, Granted) and res.how == "new":
-        g = res.grant
-        held.append((g.target, holder, g.token))
+    g = step(svc, held, rnd)
+    if g is not None:
         print("G", g.token, g.holder, g.target, g.mode.value, flush=True)
 """
 
@@ -270,7 +251,8 @@ class Plan:
 def _run_once(disk: Disk, seed: int, log: list[Line], plan: Plan, sync: str = "FULL") -> None:
     """Run a child on the disk until it is killed as planned; its acknowledgements go to ``log``."""
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(disk.live / "locks.db"), str(seed), sync],
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(disk.live / "locks.db"), str(seed), sync,
+                                 str(Path(__file__).parent / "fixtures")],
                                 stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
                                 env={**disk.env(), **plan.env()})
         hung = threading.Event()
