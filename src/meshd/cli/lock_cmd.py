@@ -214,6 +214,8 @@ def run(target: str, mode: str, wait_s: float, ttl_s: float | None, as_addr: str
     """
     sent = time.monotonic()
     g = _acquire(target, mode, wait_s, ttl_s, as_addr, None, session_pid=os.getpid())
+    if _REMOTE.match(target):  # HOST:/path: renew, release and check it on HOST, not here
+        g = {**g, "target": f"{target.split(':', 1)[0]}:{g['target']}"}
     env = {**os.environ, "MESH_LOCK_TOKEN": str(g["token"]), "MESH_LOCK_TARGET": g["target"],
            "MESH_LOCK_MODE": g["mode"], "MESH_LOCK_HOLDER": g["holder"]}
     try:

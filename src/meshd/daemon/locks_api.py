@@ -29,6 +29,7 @@ import os
 import re
 import socket
 import time
+import uuid
 from typing import Any, Protocol
 
 from meshd.errors import MeshError, Refused, StateError, TransportError, UsageError
@@ -169,6 +170,8 @@ def _forwarding(name: str) -> Any:
             return await LOCAL_OPS[name](daemon, local)
         if name not in ("lock_list", "lock_check"):  # a check names no holder
             local = {**local, "holder": holder_of(daemon, args)}
+        if name == "lock_acquire" and not local.get("request_id"):
+            local["request_id"] = uuid.uuid4().hex  # known here, so a lost answer can be retried
         peers = getattr(daemon, "peers", None)
         if peers is None:
             raise TransportError(f"home {home} unreachable: this meshd has no links")
@@ -176,8 +179,11 @@ def _forwarding(name: str) -> Any:
             result: dict[str, Any] = await peers.call(home, "lock_op", {"op": name, "args": local},
                                                       extra_s=_float(args, "wait_s") or 0.0)
         except TransportError as exc:
-            raise TransportError(f"home {home} unreachable: {exc.message}",
-                                 hint=f"{raw} is decided only by {home}; nothing was granted") from None
+            hint = f"{raw} is decided only by {home}; nothing was granted"
+            if name == "lock_acquire":  # it may have been granted there, and only the answer lost
+                hint = (f"{raw} is decided only by {home}; if the request reached it, it may be "
+                        f"granted: retry with --request-id {local.get('request_id')} to get it")
+            raise TransportError(f"home {home} unreachable: {exc.message}", hint=hint) from None
         return result
     return op
 
