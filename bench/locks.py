@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -92,8 +93,6 @@ def main() -> None:
         rate = pairs / (time.perf_counter() - t0)
         client.call(sock_a, "lock_acquire", {"target": "/bench/x", "holder": "h1"})
         client.call(sock_a, "lock_acquire", {"target": "/bench/y", "holder": "h2"})
-        import threading
-
         waiter = threading.Thread(target=lambda: _swallow(sock_a, {"target": "/bench/y", "holder": "h1",
                                                                     "wait_s": 10}))
         waiter.start()
@@ -131,8 +130,6 @@ def cross_home_deadlock(sock_a: Path, sock_b: Path, i: int, *, race: bool) -> fl
     """X holds alpha:/x, Y holds beta:/y; X asks for beta:/y, Y for alpha:/x (from their own
     hosts).  Milliseconds from the closing request (the later one, or both) to the first
     refusal."""
-    import threading
-
     x, y = f"alpha:/bench/dx{i}", f"beta:/bench/dy{i}"
     client.call(sock_a, "lock_acquire", {"target": x, "holder": f"X{i}"})
     client.call(sock_b, "lock_acquire", {"target": y, "holder": f"Y{i}"})

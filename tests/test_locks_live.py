@@ -69,13 +69,13 @@ def test_lock_run_holds_for_the_command_and_passes_the_token(live_mesh: Mesh, tm
 def test_locks_have_one_home_across_hosts(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """@names are decided by the anchor, HOST:/path by HOST: requests from other hosts are
     forwarded over the link, and an unreachable home fails (exit 4) instead of granting."""
-    from test_replication import agents, link, make, until
+    from test_replication import agents, link, make, running, until
 
     a, b = make(tmp_path, "alpha"), make(tmp_path, "beta")
     link(a, b)  # a's peers.conf: beta; b's: alpha (so alpha is b's anchor)
     b.env["MESHD_LINKS_CALL_TIMEOUT_S"] = "1"  # a forwarded --wait must outlast it
     (a.home / "peers.conf").write_text(f"local:{a.home}\nlocal:{b.home}\n")
-    try:
+    with running(a, b):
         pa = a.new_window("one", "bash --norc")
         pb = b.new_window("two", "bash --norc")
         a.start_daemon()
@@ -110,10 +110,6 @@ def test_locks_have_one_home_across_hosts(tmp_path) -> None:  # type: ignore[no-
         until(lambda: agents(b)["alpha-main-one"]["state"] == "unreachable", what="alpha down")
         r = b.run("mesh", "lock", "acquire", "@other", env=as_pane(b, pb))
         assert r.returncode == 4 and "home alpha unreachable" in r.stderr
-    finally:
-        for m in (a, b):
-            m.stop_daemon()
-            m.tmux.run("kill-server", check=False)
 
 
 def test_deadlock_across_two_homes_refuses_exactly_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -122,11 +118,11 @@ def test_deadlock_across_two_homes_refuses_exactly_one(tmp_path) -> None:  # typ
     alone: the request-time check with the other home's edges, or the mesh-wide pass,
     refuses exactly one of them at once, naming the cycle; the other is granted once the
     victim lets go."""
-    from test_replication import agents, link, make, until
+    from test_replication import agents, link, make, running, until
 
     a, b = make(tmp_path, "alpha"), make(tmp_path, "beta")
     link(a, b)
-    try:
+    with running(a, b):
         a.new_window("one", "bash --norc")
         b.new_window("two", "bash --norc")
         a.start_daemon()
@@ -157,7 +153,3 @@ def test_deadlock_across_two_homes_refuses_exactly_one(tmp_path) -> None:  # typ
         survivor = waits["Y" if victim == "X" else "X"]
         _out, err = survivor.communicate(timeout=15)
         assert survivor.returncode == 0, err
-    finally:
-        for m in (a, b):
-            m.stop_daemon()
-            m.tmux.run("kill-server", check=False)

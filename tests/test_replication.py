@@ -7,6 +7,7 @@ peers.conf names the others as ``local:<their home>``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -33,6 +34,17 @@ def link(*hosts: Mesh) -> None:
         (m.home / "peers.conf").write_text("".join(f"{x}\n" for x in others))
 
 
+@contextlib.contextmanager
+def running(*hosts: Mesh) -> Iterator[tuple[Mesh, ...]]:
+    """Stop the hosts' daemons and tmux servers when the block ends, whatever happened."""
+    try:
+        yield hosts
+    finally:
+        for m in hosts:
+            m.stop_daemon()
+            m.tmux.run("kill-server", check=False)
+
+
 
 
 def agents(m: Mesh) -> dict[str, dict]:  # type: ignore[type-arg]
@@ -45,12 +57,8 @@ def agents(m: Mesh) -> dict[str, dict]:  # type: ignore[type-arg]
 def pair(tmp_path: Path) -> Iterator[tuple[Mesh, Mesh]]:
     a, b = make(tmp_path, "alpha"), make(tmp_path, "beta")
     link(a, b)
-    try:
+    with running(a, b):
         yield a, b
-    finally:
-        for m in (a, b):
-            m.stop_daemon()
-            m.tmux.run("kill-server", check=False)
 
 
 def test_registry_replicates_and_marks_unreachable(pair: tuple[Mesh, Mesh]) -> None:
@@ -127,7 +135,7 @@ def test_queue_for_an_unreachable_host_delivers_exactly_once(pair: tuple[Mesh, M
 def test_three_hosts_relay_through_the_middle(tmp_path: Path) -> None:
     """a and c each know only b (a bridge): events still reach everyone through b."""
     a, b, c = (make(tmp_path, n) for n in ("aa", "bb", "cc"))
-    try:
+    with running(a, b, c):
         for m in (a, b, c):
             m.home.mkdir(parents=True)
         (a.home / "peers.conf").write_text(f"local:{b.home}\n")
@@ -141,10 +149,6 @@ def test_three_hosts_relay_through_the_middle(tmp_path: Path) -> None:
             until(lambda m=m: want <= set(agents(m)), what=f"{m.env['MESHD_HOST']} sees all")
         regs = {m.env["MESHD_HOST"]: sorted(x for x in agents(m)) for m in (a, b, c)}
         assert regs["aa"] == regs["bb"] == regs["cc"]
-    finally:
-        for m in (a, b, c):
-            m.stop_daemon()
-            m.tmux.run("kill-server", check=False)
 
 
 def test_r12_bad_frames_drop_the_link_never_the_daemon(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import Mesh, rawreader_cmd, until
-from test_replication import link, make
+from test_replication import link, make, running
 
 FAST = {"MESHD_TASKS_REBID_S": "0.2", "MESHD_TASKS_REBID_MAX_S": "0.5",
         "MESHD_TASKS_TICK_S": "0.05", "MESHD_TASKS_BID_WINDOW_S": "0.3"}
@@ -190,12 +190,8 @@ def host(tmp: Path, name: str) -> Mesh:
 def pair(tmp_path: Path) -> Iterator[tuple[Mesh, Mesh]]:
     a, b = host(tmp_path, "alpha"), host(tmp_path, "beta")
     link(a, b)
-    try:
+    with running(a, b):
         yield a, b
-    finally:
-        for m in (a, b):
-            m.stop_daemon()
-            m.tmux.run("kill-server", check=False)
 
 
 def test_task_added_on_one_host_lands_on_the_other(pair: tuple[Mesh, Mesh]) -> None:

@@ -153,7 +153,7 @@ async def _break(daemon: GraphDaemon, home: str, mine: HomeEdges) -> None:
         if len(fresh) < len(involved):
             continue      # a part could not be confirmed: try again on the next pass
         home2, mine2 = await asyncio.to_thread(my_part, daemon)
-        current = WaitForGraph({home2: mine2, **fresh}).merge(mw.graph.without(home2))
+        current = mw.graph.merge(WaitForGraph({home2: mine2}))   # _exchange stored the fresh parts
         again = [c for c, v in current.victims() if v == victim and set(c) == set(cycle)]
         if not again:
             continue      # a phantom: an edge went away before the victim was chosen

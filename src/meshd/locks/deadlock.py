@@ -129,9 +129,6 @@ class WaitForGraph:
     def adjacency(self) -> dict[str, set[str]]:
         return adjacency(self.edges())
 
-    def without(self, home: str) -> WaitForGraph:
-        return WaitForGraph({h: p for h, p in self.homes.items() if h != home})
-
     def only(self, homes: Iterable[str]) -> WaitForGraph:
         keep = set(homes)
         return WaitForGraph({h: p for h, p in self.homes.items() if h in keep})
