@@ -82,6 +82,8 @@ def test_offer_bid_deliver_done_from_the_pane(one: Mesh) -> None:
     tid = add(m, "write the report")
     assert tid == "t-testhost-1"
     got(log, f"TASK {tid}")
+    # The delivery is journaled once the submit is verified, a moment after the text shows.
+    until(lambda: "delivered:work" in events(show(m, tid)), what="delivery journaled")
     t = state_is(m, tid, "claimed")
     assert t["assignee"] == "testhost-main-w1" and t["attempts"] == 1
     assert t["bids"] == {"testhost": ["testhost-main-w1"]}
